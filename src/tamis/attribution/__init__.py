@@ -1,0 +1,60 @@
+"""LoRIF: low-rank influence functions for scalable training-data attribution.
+
+The engine, in the order data flows through it:
+
+1. :class:`AttributionTask` -- the user's contract (per-example loss, query measurement).
+2. :func:`build_store` -- hooks capture projected inputs and output-gradients per layer,
+   :mod:`~tamis.attribution.factors` keeps rank-c factors, :class:`FactorStore` writes shards.
+3. :func:`fit_curvature` -- streaming randomized SVD + Woodbury preconditioner.
+4. :func:`compute_scores` / :func:`self_influence` -- precondition queries, stream the store.
+
+:class:`Attributor` wraps the four steps with method presets (``lorif``, ``logra``,
+``grad_dot``, ``grad_cos``).
+"""
+
+from tamis.attribution.build import build_store, model_fingerprint, query_gradients
+from tamis.attribution.config import (
+    BuildConfig,
+    CurvatureConfig,
+    FactorConfig,
+    ProjectionConfig,
+    ScoreConfig,
+)
+from tamis.attribution.curvature import Curvature, fit_curvature
+from tamis.attribution.errors import (
+    AttributionError,
+    NonFiniteError,
+    StoreError,
+    StoreMismatchError,
+    UnsupportedModuleError,
+)
+from tamis.attribution.methods import METHODS, Attributor
+from tamis.attribution.scoring import ScoreResult, compute_scores, score_gradients, self_influence
+from tamis.attribution.store import FactorStore
+from tamis.attribution.task import AttributionTask
+
+__all__ = [
+    "METHODS",
+    "AttributionError",
+    "AttributionTask",
+    "Attributor",
+    "BuildConfig",
+    "Curvature",
+    "CurvatureConfig",
+    "FactorConfig",
+    "FactorStore",
+    "NonFiniteError",
+    "ProjectionConfig",
+    "ScoreConfig",
+    "ScoreResult",
+    "StoreError",
+    "StoreMismatchError",
+    "UnsupportedModuleError",
+    "build_store",
+    "compute_scores",
+    "fit_curvature",
+    "model_fingerprint",
+    "query_gradients",
+    "score_gradients",
+    "self_influence",
+]

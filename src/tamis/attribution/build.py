@@ -1,0 +1,165 @@
+"""Orchestration of the store build: data -> hooks -> rank-c factors -> shards on disk."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tamis._progress import track
+from tamis.attribution.capture import GradientCapture, resolve_layers
+from tamis.attribution.config import BuildConfig, FactorConfig, ProjectionConfig, to_dict
+from tamis.attribution.data import dataset_length, iter_batches
+from tamis.attribution.factors import dense_gradients, low_rank_factors
+from tamis.attribution.projection import LayerSpec
+from tamis.attribution.store import FORMAT, VERSION, FactorStore, StoreWriter, row_layout, to_numpy
+from tamis.attribution.task import AttributionTask
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over every parameter's name, shape, dtype and bytes."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Put the model in eval mode (no dropout, frozen batch statistics) and restore it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def rows_from_capture(captured: dict, specs: list[LayerSpec], rank: int | None) -> tuple[torch.Tensor, dict]:
+    """Per-example store rows (B, row_length) and summed retained energy per layer."""
+    parts, energy = [], {}
+    for spec in specs:
+        cap = captured[spec.name]
+        if rank is None:
+            parts.append(dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1))
+            energy[spec.name] = float(cap.a.shape[0])
+        else:
+            f = low_rank_factors(cap.a, cap.b, min(rank, spec.d1, spec.d2))
+            parts += [f.left.reshape(f.left.shape[0], -1), f.right.reshape(f.right.shape[0], -1)]
+            energy[spec.name] = float(f.energy.sum())
+    return torch.cat(parts, dim=1), energy
+
+
+def projection_header(projection: ProjectionConfig) -> dict:
+    """The projection part of a manifest (what must match between store and query)."""
+    return to_dict(projection)
+
+
+def build_store(
+    task: AttributionTask,
+    model: nn.Module,
+    dataset: Any,
+    path: str | Path,
+    projection: ProjectionConfig | None = None,
+    factors: FactorConfig | None = None,
+    build: BuildConfig | None = None,
+    collate_fn: Callable[[Sequence[Any]], Any] | None = None,
+    overwrite: bool = False,
+) -> FactorStore:
+    """Capture per-example projected gradients of ``dataset`` and write them to ``path``.
+
+    The build is resumable: rerunning it with the same model, data size and configs skips
+    the shards already on disk. A folder holding a different store is refused unless
+    ``overwrite``.
+
+    Args:
+        task: Supplies per-example training losses and the tracked modules.
+        model: The trained model (put in eval mode during capture).
+        dataset: Map-style data (``TensorDataset``, a list, any object with len and indexing).
+        path: Store folder.
+        projection: Two-sided projection (d1, d2, seed).
+        factors: Rank c (``None`` = dense LoGRA store) and on-disk dtype.
+        build: Batch and shard sizes, compute precision, progress bars.
+        collate_fn: Builds a batch from a list of examples (default: torch's default_collate).
+        overwrite: Replace an incompatible store already at ``path``.
+
+    Returns:
+        The complete :class:`FactorStore`.
+    """
+    projection = projection or ProjectionConfig()
+    factors = factors or FactorConfig()
+    build = build or BuildConfig()
+    n = dataset_length(dataset)
+    specs_by_name = resolve_layers(model, task.tracked_modules(model), projection)
+    specs = list(specs_by_name.values())
+    rank = factors.rank
+    layout = row_layout(specs, rank)
+    header = {
+        "format": FORMAT, "version": VERSION, "kind": "dense" if rank is None else "lorif",
+        "rank": rank, "dtype": factors.dtype, "num_examples": n, "shard_size": build.shard_size,
+        "row_length": layout[-1]["offset"] + layout[-1]["length"], "layers": layout,
+        "projection": projection_header(projection), "model_fingerprint": model_fingerprint(model),
+    }
+    writer = StoreWriter(Path(path), header, overwrite=overwrite)
+    if writer.manifest.get("complete"):
+        return FactorStore(writer.path, writer.manifest)
+    capture = GradientCapture(model, specs_by_name, projection, _DTYPES[build.compute_dtype])
+    starts = list(range(0, n, build.shard_size))
+    todo = range(writer.done, len(starts))
+    with eval_mode(model):
+        for index in track(todo, f"build {header['kind']} store", len(todo), build.progress):
+            start, stop = starts[index], min(starts[index] + build.shard_size, n)
+            rows, energy = [], {s.name: 0.0 for s in specs}
+            for batch in iter_batches(dataset, start, stop, build.batch_size, collate_fn):
+                r, e = rows_from_capture(capture.capture(task.compute_train_loss, batch), specs, rank)
+                rows.append(to_numpy(r, factors.dtype))
+                for k, v in e.items():
+                    energy[k] += v
+            block = np.concatenate(rows)
+            if block.shape[0] != stop - start:
+                raise ValueError(
+                    f"the data set yielded {block.shape[0]} examples for [{start}, {stop}); "
+                    "the task's losses must have one entry per example"
+                )
+            writer.write_shard(index, start, block, energy)
+    return writer.finish()
+
+
+def query_gradients(
+    task: AttributionTask,
+    model: nn.Module,
+    queries: Any,
+    store: FactorStore,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float32,
+    collate_fn: Callable[[Sequence[Any]], Any] | None = None,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Projected query-measurement gradients per layer, (n_queries, d1 * d2), never truncated.
+
+    Raises:
+        StoreMismatchError: if the model, layers or projection differ from the store's.
+    """
+    projection = ProjectionConfig(**store.manifest["projection"])
+    specs_by_name = resolve_layers(model, task.tracked_modules(model), projection)
+    store.check_compatible(model_fingerprint(model), list(specs_by_name.values()),
+                           projection_header(projection))
+    n = dataset_length(queries)
+    capture = GradientCapture(model, specs_by_name, projection, dtype)
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in specs_by_name}
+    batches = iter_batches(queries, 0, n, batch_size, collate_fn)
+    with eval_mode(model):
+        for batch in track(batches, "query gradients", -(-n // batch_size), progress):
+            for name, cap in capture.capture(task.compute_measurement, batch).items():
+                out[name].append(dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1))
+    return {name: torch.cat(parts) for name, parts in out.items()}

@@ -1,0 +1,171 @@
+"""Typed configuration for every stage of the LoRIF engine.
+
+Each knob is a dataclass field with its meaning in the docstring. Validation happens in
+``__post_init__`` so a bad value fails where it is written, with a message naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+StoreDtype = Literal["float16", "bfloat16", "float32", "float64"]
+STORE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """Two-sided random projection per layer (paper Step 1).
+
+    Attributes:
+        d1: Projected input dimension (P_in is I x d1).
+        d2: Projected output-gradient dimension (P_out is O x d2).
+        seed: Base seed; each layer's matrices are regenerated from (seed, layer name),
+            never stored with the data.
+        kind: ``"gaussian"`` (N(0, 1/d)), ``"rademacher"`` (+-1/sqrt(d)) or ``"identity"``
+            (no projection: d1 = I, d2 = O; for exactness checks and tiny models).
+        clip_to_layer: If False (default) a d1 > I or d2 > O is an error; if True the
+            dimension is clipped to the layer's and that side uses the identity (lossless).
+        include_bias: Treat a layer's bias as an extra input column of ones, so its
+            gradient is attributed too.
+    """
+
+    d1: int = 64
+    d2: int = 64
+    seed: int = 0
+    kind: Literal["gaussian", "rademacher", "identity"] = "gaussian"
+    clip_to_layer: bool = False
+    include_bias: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("gaussian", "rademacher", "identity"), f"unknown kind {self.kind!r}")
+        _check(self.d1 >= 1 and self.d2 >= 1, f"d1, d2 must be >= 1, got {self.d1}, {self.d2}")
+
+
+@dataclass(frozen=True)
+class FactorConfig:
+    """Rank-c factors of each projected per-example gradient (paper Step 2).
+
+    Attributes:
+        rank: c, the number of factor pairs stored per layer and example. Exact whenever
+            the per-example gradient has rank <= c (rank 1 for non-sequence inputs).
+            ``None`` stores the dense d1 x d2 matrix instead (the LoGRA baseline).
+        dtype: On-disk dtype of the factors.
+    """
+
+    rank: int | None = 1
+    dtype: StoreDtype = "float16"
+
+    def __post_init__(self) -> None:
+        _check(self.rank is None or self.rank >= 1, f"rank c must be >= 1, got {self.rank}")
+        _check(self.dtype in STORE_DTYPES, f"dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
+
+    @property
+    def dense(self) -> bool:
+        """True for the dense (LoGRA) store."""
+        return self.rank is None
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How the store is written.
+
+    Attributes:
+        batch_size: Examples per forward/backward pass.
+        shard_size: Examples per shard file (the unit of atomic write and resume).
+        compute_dtype: Precision of capture and factorisation (``"float64"`` for tests).
+        progress: Show rich progress bars.
+    """
+
+    batch_size: int = 64
+    shard_size: int = 4096
+    compute_dtype: Literal["float32", "float64"] = "float32"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.shard_size >= 1, f"shard_size must be >= 1, got {self.shard_size}")
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """Damped empirical-Fisher preconditioner (paper Step 3).
+
+    Attributes:
+        kind: ``"lowrank"`` (truncated SVD + Woodbury, O(D r) memory; LoRIF),
+            ``"dense"`` (the full D x D damped inverse; LoGRA) or ``"identity"``
+            (no curvature; gradient dot / cosine).
+        rank: r, the retained eigen-directions (``lowrank`` only); clipped to D.
+        damping: lambda, absolute or relative to the mean eigenvalue of F.
+        damping_mode: ``"relative"`` (lambda = damping * trace(F) / D, the LogIX /
+            Kronfluence heuristic) or ``"absolute"``.
+        granularity: ``"layer"`` (block-diagonal, default) or ``"model"`` (one block).
+        method: ``"randomized"`` (Halko streaming SVD over the factored store) or
+            ``"exact"`` (accumulate F = G^T G / N and eigendecompose; D <= a few thousand).
+        oversample: Extra random directions for the randomized SVD.
+        power_iters: Power iterations for the randomized SVD.
+        seed: Seed of the randomized SVD's test matrix.
+        chunk_size: Examples per streamed chunk.
+    """
+
+    kind: Literal["lowrank", "dense", "identity"] = "lowrank"
+    rank: int = 64
+    damping: float = 0.1
+    damping_mode: Literal["relative", "absolute"] = "relative"
+    granularity: Literal["layer", "model"] = "layer"
+    method: Literal["randomized", "exact"] = "randomized"
+    oversample: int = 10
+    power_iters: int = 2
+    seed: int = 0
+    chunk_size: int = 4096
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("lowrank", "dense", "identity"), f"unknown kind {self.kind!r}")
+        _check(self.rank >= 1, f"rank r must be >= 1, got {self.rank}")
+        _check(self.damping > 0, f"damping must be > 0, got {self.damping}")
+        _check(self.damping_mode in ("relative", "absolute"), f"bad damping_mode {self.damping_mode!r}")
+        _check(self.granularity in ("layer", "model"), f"bad granularity {self.granularity!r}")
+        _check(self.method in ("randomized", "exact"), f"bad method {self.method!r}")
+        _check(self.oversample >= 0 and self.power_iters >= 0, "oversample, power_iters >= 0")
+        _check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How queries are scored against the store.
+
+    Attributes:
+        normalize: ``"none"`` (influence / gradient dot), ``"cosine"`` (divide by both
+            norms) or ``"train_unit"`` (divide by the training gradient's norm only).
+        kernel: ``"reconstruct"`` (rebuild a block of training gradients, one GEMM against
+            all queries; fastest on CPU) or ``"factored"`` (contract factors directly).
+        top_k: Number of most helpful and most harmful examples kept per query.
+        chunk_size: Training examples per streamed chunk.
+        keep_scores: Keep the full (queries x N) score matrix in memory.
+        batch_size: Query examples per forward/backward pass.
+        progress: Show rich progress bars.
+    """
+
+    normalize: Literal["none", "cosine", "train_unit"] = "none"
+    kernel: Literal["reconstruct", "factored"] = "reconstruct"
+    top_k: int = 10
+    chunk_size: int = 4096
+    keep_scores: bool = True
+    batch_size: int = 64
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.normalize in ("none", "cosine", "train_unit"), f"bad normalize {self.normalize!r}")
+        _check(self.kernel in ("reconstruct", "factored"), f"bad kernel {self.kernel!r}")
+        _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        _check(self.chunk_size >= 1 and self.batch_size >= 1, "chunk_size, batch_size >= 1")
+
+
+def to_dict(cfg: object) -> dict:
+    """A JSON-ready dict of a config dataclass."""
+    return asdict(cfg)  # type: ignore[arg-type]

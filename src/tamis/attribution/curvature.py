@@ -1,0 +1,257 @@
+"""Damped empirical-Fisher preconditioners fitted by streaming over the store (Step 3).
+
+With G (N x D) the stacked projected training gradients of a block (one layer, or the
+whole model) and F = G^T G / N:
+
+* ``lowrank`` (LoRIF): top-r eigenpairs (V, s^2) of F by a streaming randomized SVD over
+  the factored store (Halko et al.: rank r + oversampling, power iterations; one pass per
+  application of F, only chunk x D rows are ever materialised), then Woodbury::
+
+      (F + lambda I)^-1 ~= (1/lambda) (I - V diag(s^2 / (s^2 + lambda)) V^T)
+
+  held in O(D r) memory. With r = D this is exact.
+* ``dense`` (LoGRA): the full D x D inverse (F + lambda I)^-1.
+* ``identity``: no curvature (gradient dot / cosine).
+
+Damping is absolute, or relative to the mean eigenvalue trace(F) / D.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tamis._progress import track
+from tamis.attribution.config import CurvatureConfig, to_dict
+from tamis.attribution.errors import StoreError, StoreMismatchError
+from tamis.attribution.store import FactorStore
+
+
+@dataclass
+class CurvatureBlock:
+    """Preconditioner of one block of layers (concatenated in order)."""
+
+    layers: list[str]
+    dims: list[int]
+    damping: float
+    trace: float
+    eigvecs: torch.Tensor | None = None  # (D, r), lowrank
+    eigvals: torch.Tensor | None = None  # (r,), eigenvalues of F
+    inverse: torch.Tensor | None = None  # (D, D), dense
+
+    @property
+    def dim(self) -> int:
+        """D of the block."""
+        return sum(self.dims)
+
+    def apply(self, q: torch.Tensor, kind: str) -> torch.Tensor:
+        """(F + lambda I)^-1 q for rows q (n, D) (identity for ``identity``)."""
+        if kind == "identity":
+            return q
+        if kind == "dense":
+            return q @ self.inverse.to(q.dtype)
+        v = self.eigvecs.to(q.dtype)
+        s2 = self.eigvals.to(q.dtype)
+        w = s2 / (s2 + self.damping)
+        return (q - ((q @ v) * w) @ v.T) / self.damping
+
+
+@dataclass
+class Curvature:
+    """Block-diagonal preconditioner over the store's layers."""
+
+    kind: str
+    config: dict
+    blocks: list[CurvatureBlock]
+    store_id: str
+    extra: dict = field(default_factory=dict)
+
+    def precondition(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Apply the damped inverse to per-layer rows (n, D_l) (query side only)."""
+        out = {}
+        for block in self.blocks:
+            q = torch.cat([grads[name] for name in block.layers], dim=1)
+            parts = torch.split(block.apply(q, self.kind), block.dims, dim=1)
+            out.update(zip(block.layers, parts))
+        return out
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the preconditioner's tensors."""
+        total = 0
+        for b in self.blocks:
+            for t in (b.eigvecs, b.eigvals, b.inverse):
+                if t is not None:
+                    total += t.numel() * t.element_size()
+        return total
+
+    def save(self, path: str | Path) -> Path:
+        """Write to a safetensors file (atomic), with the config and store identity."""
+        path = Path(path)
+        tensors, meta = {}, []
+        for i, b in enumerate(self.blocks):
+            for key in ("eigvecs", "eigvals", "inverse"):
+                t = getattr(b, key)
+                if t is not None:
+                    tensors[f"{i}.{key}"] = t.contiguous()
+            meta.append({"layers": b.layers, "dims": b.dims, "damping": b.damping,
+                         "trace": b.trace})
+        header = {"kind": self.kind, "config": json.dumps(self.config), "store_id": self.store_id,
+                  "blocks": json.dumps(meta), "extra": json.dumps(self.extra)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=header)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, store: FactorStore | None = None) -> "Curvature":
+        """Read a saved preconditioner; with ``store``, refuse one fitted on another store."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                header = fh.metadata()
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors raises several types
+            raise StoreError(f"cannot read curvature file {path}: {err}") from err
+        blocks = []
+        for i, m in enumerate(json.loads(header["blocks"])):
+            blocks.append(CurvatureBlock(
+                m["layers"], m["dims"], m["damping"], m["trace"],
+                tensors.get(f"{i}.eigvecs"), tensors.get(f"{i}.eigvals"), tensors.get(f"{i}.inverse"),
+            ))
+        curv = cls(header["kind"], json.loads(header["config"]), blocks, header["store_id"],
+                   json.loads(header.get("extra", "{}")))
+        if store is not None and store_identity(store) != curv.store_id:
+            raise StoreMismatchError(f"curvature {path} was fitted on another store than {store.path}")
+        return curv
+
+
+def store_identity(store: FactorStore) -> str:
+    """A hash of the store's shard checksums and layout (what a curvature was fitted on)."""
+    m = store.manifest
+    payload = json.dumps([m["layers"], m["rank"], m["dtype"], [s["sha256"] for s in m["shards"]]])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _blocks(store: FactorStore, granularity: str) -> list[tuple[list[str], list[int]]]:
+    layers = [(lay["name"], lay["d1"] * lay["d2"]) for lay in store.layers]
+    if granularity == "model":
+        return [([n for n, _ in layers], [d for _, d in layers])]
+    return [([n], [d]) for n, d in layers]
+
+
+class _Streamer:
+    """One pass over the store per call, applying a function to every block's rows."""
+
+    def __init__(self, store: FactorStore, blocks, cfg: CurvatureConfig, dtype, progress: bool):
+        self.store, self.blocks, self.cfg, self.dtype, self.progress = store, blocks, cfg, dtype, progress
+        self.passes = 0
+
+    def run(self, fn, label: str) -> None:
+        self.passes += 1
+        chunks = self.store.iter_chunks(self.cfg.chunk_size, self.dtype)
+        total = self.store.num_chunks(self.cfg.chunk_size)
+        for chunk in track(chunks, label, total, self.progress):
+            for b, (names, _) in enumerate(self.blocks):
+                fn(b, torch.cat([chunk.dense(name) for name in names], dim=1))
+
+
+def fit_curvature(
+    store: FactorStore,
+    config: CurvatureConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> Curvature:
+    """Fit the damped preconditioner of ``config.kind`` by streaming over ``store``.
+
+    Returns:
+        A :class:`Curvature`; ``extra["passes"]`` counts the passes over the store.
+    """
+    cfg = config or CurvatureConfig()
+    blocks = _blocks(store, cfg.granularity)
+    n = store.num_examples
+    stream = _Streamer(store, blocks, cfg, dtype, progress)
+    dims = [sum(d) for _, d in blocks]
+    trace = [0.0] * len(blocks)
+    eig: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
+
+    if cfg.kind == "identity":
+        def add_trace(b, g):
+            trace[b] += float((g * g).sum()) / n
+        stream.run(add_trace, "curvature: trace")
+    else:
+        exact = [cfg.kind == "dense" or cfg.method == "exact" or cfg.rank + cfg.oversample >= D
+                 for D in dims]
+        fisher = [torch.zeros(D, D, dtype=dtype) if ex else None for D, ex in zip(dims, exact)]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        omega = [None if ex else torch.randn(D, cfg.rank + cfg.oversample, generator=gen,
+                                             dtype=torch.float64).to(dtype)
+                 for D, ex in zip(dims, exact)]
+        sketch = [None] * len(blocks)
+
+        def first_pass(b, g):
+            trace[b] += float((g * g).sum()) / n
+            if fisher[b] is not None:
+                fisher[b] += g.T @ g / n
+            else:
+                sketch[b] = (0 if sketch[b] is None else sketch[b]) + g.T @ (g @ omega[b]) / n
+
+        stream.run(first_pass, "curvature: pass 1")
+        for b, f in enumerate(fisher):
+            if f is not None:
+                vals, vecs = torch.linalg.eigh(f)
+                eig[b] = (vals.flip(0).clamp_min(0), vecs.flip(1))
+        todo = [b for b in range(len(blocks)) if not exact[b]]
+        if todo:
+            basis = {b: torch.linalg.qr(sketch[b]).Q for b in todo}
+            for it in range(cfg.power_iters):
+                acc: dict[int, torch.Tensor] = {}
+
+                def power(b, g, acc=acc):
+                    if b in basis:
+                        acc[b] = acc.get(b, 0) + g.T @ (g @ basis[b]) / n
+
+                stream.run(power, f"curvature: power {it + 1}")
+                basis = {b: torch.linalg.qr(acc[b]).Q for b in todo}
+            small: dict[int, torch.Tensor] = {}
+
+            def project(b, g):
+                if b in basis:
+                    z = g @ basis[b]
+                    small[b] = small.get(b, 0) + z.T @ z / n
+
+            stream.run(project, "curvature: projection")
+            for b in todo:
+                vals, vecs = torch.linalg.eigh(small[b])
+                eig[b] = (vals.flip(0).clamp_min(0), basis[b] @ vecs.flip(1))
+
+    out = []
+    for b, (names, bdims) in enumerate(blocks):
+        D = dims[b]
+        lam = cfg.damping if cfg.damping_mode == "absolute" else cfg.damping * trace[b] / D
+        if cfg.kind != "identity" and lam <= 0:
+            raise StoreError(f"block {names} has all-zero gradients; use absolute damping")
+        block = CurvatureBlock(names, bdims, float(lam), float(trace[b]))
+        if cfg.kind == "lowrank":
+            vals, vecs = eig[b]
+            r = min(cfg.rank, D)
+            block.eigvals, block.eigvecs = vals[:r].contiguous(), vecs[:, :r].contiguous()
+        elif cfg.kind == "dense":
+            vals, vecs = eig[b]
+            block.inverse = (vecs / (vals + lam)) @ vecs.T
+        out.append(block)
+    return Curvature(cfg.kind, to_dict(cfg), out, store_identity(store), {"passes": stream.passes})

@@ -1,0 +1,180 @@
+"""Score queries against the store: precondition the queries only, stream the training rows.
+
+tau(q, i) = sum over layers of <q~_l, L_il R_il^T>_F, where q~ = (F + lambda I)^-1 q. The
+training factors stay un-preconditioned (preconditioning would destroy their low rank).
+Positive scores mean *helpful*: a step on example i lowers the query's loss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tamis._progress import track
+from tamis.attribution.build import query_gradients
+from tamis.attribution.config import ScoreConfig
+from tamis.attribution.curvature import Curvature, store_identity
+from tamis.attribution.errors import NonFiniteError, StoreMismatchError
+from tamis.attribution.store import FactorStore, StoreChunk
+from tamis.attribution.task import AttributionTask
+
+
+@dataclass
+class TopK:
+    """Per-query best ``k`` scores and training indices, (n_queries, k) each."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+@dataclass
+class ScoreResult:
+    """Scores of every query against every training example.
+
+    Attributes:
+        scores: (n_queries, N) matrix, or None when ``keep_scores`` was False.
+        helpful: Top-k largest scores (most helpful training examples) per query.
+        harmful: Top-k smallest scores (most harmful) per query.
+        timings: Seconds spent loading rows (``load_s``) and computing (``compute_s``).
+    """
+
+    scores: torch.Tensor | None
+    helpful: TopK
+    harmful: TopK
+    timings: dict = field(default_factory=dict)
+
+
+def _merge(best: TopK | None, vals: torch.Tensor, start: int, k: int, largest: bool) -> TopK:
+    idx = torch.arange(start, start + vals.shape[1]).expand(vals.shape[0], -1)
+    if best is not None:
+        vals = torch.cat([best.values, vals], dim=1)
+        idx = torch.cat([best.indices, idx], dim=1)
+    k = min(k, vals.shape[1])
+    v, pos = torch.topk(vals, k, dim=1, largest=largest)
+    return TopK(v, torch.gather(idx, 1, pos))
+
+
+def _check_queries(queries: dict[str, torch.Tensor], store: FactorStore) -> int:
+    names = store.layer_names
+    if set(queries) != set(names):
+        raise StoreMismatchError(f"query gradients cover layers {sorted(queries)}, store has {names}")
+    sizes = {q.shape[0] for q in queries.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"query gradients disagree on the number of queries: {sizes}")
+    for lay in store.layers:
+        q = queries[lay["name"]]
+        if q.dim() != 2 or q.shape[1] != lay["d1"] * lay["d2"]:
+            raise ValueError(
+                f"query gradients of {lay['name']!r} have shape {tuple(q.shape)}, "
+                f"expected (n, {lay['d1'] * lay['d2']})"
+            )
+        if not torch.isfinite(q).all():
+            raise NonFiniteError(f"non-finite query gradient at layer {lay['name']!r}")
+    return sizes.pop()
+
+
+def _chunk_scores(chunk: StoreChunk, qt: dict[str, torch.Tensor], kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (nq, n) of one chunk and its training gradients' squared norms (n,)."""
+    total, norms = None, None
+    for name, q in qt.items():
+        item = chunk.layers[name]
+        if kernel == "factored" and isinstance(item, tuple):
+            left, right = item  # (n, d1, c), (n, d2, c)
+            nq, (n, d1, c), d2 = q.shape[0], left.shape, right.shape[1]
+            qr = q.reshape(nq * d1, d2) @ right.permute(1, 0, 2).reshape(d2, n * c)
+            s = torch.einsum("qanc,nac->qn", qr.reshape(nq, d1, n, c), left)
+            sq = ((left.transpose(1, 2) @ left) * (right.transpose(1, 2) @ right)).sum((1, 2))
+        else:
+            g = chunk.dense(name)
+            s = q @ g.T
+            sq = (g * g).sum(1)
+        total = s if total is None else total + s
+        norms = sq if norms is None else norms + sq
+    return total, norms
+
+
+def score_gradients(
+    queries: dict[str, torch.Tensor],
+    store: FactorStore,
+    curvature: Curvature,
+    config: ScoreConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> ScoreResult:
+    """Score projected query gradients (per layer, (n_queries, d1 * d2)) against ``store``."""
+    cfg = config or ScoreConfig()
+    nq = _check_queries(queries, store)
+    if curvature.store_id != store_identity(store):
+        raise StoreMismatchError(f"the curvature was fitted on another store than {store.path}")
+    qt = curvature.precondition({k: v.to(dtype) for k, v in queries.items()})
+    qt = {name: qt[name].reshape(nq, -1) for name in store.layer_names}
+    qnorm = torch.sqrt(sum((q * q).sum(1) for q in qt.values())).clamp_min(1e-30)
+    scores = torch.empty(nq, store.num_examples, dtype=dtype) if cfg.keep_scores else None
+    helpful = harmful = None
+    timings = {"load_s": 0.0, "compute_s": 0.0}
+    chunks = store.iter_chunks(cfg.chunk_size, dtype, timings=timings)
+    for chunk in track(chunks, "score", store.num_chunks(cfg.chunk_size), cfg.progress):
+        t0 = time.perf_counter()
+        s, sq = _chunk_scores(chunk, qt, cfg.kernel)
+        if cfg.normalize != "none":
+            s = s / sq.sqrt().clamp_min(1e-30)
+            if cfg.normalize == "cosine":
+                s = s / qnorm[:, None]
+        if scores is not None:
+            scores[:, chunk.start : chunk.stop] = s
+        if cfg.top_k:
+            helpful = _merge(helpful, s, chunk.start, cfg.top_k, largest=True)
+            harmful = _merge(harmful, s, chunk.start, cfg.top_k, largest=False)
+        timings["compute_s"] += time.perf_counter() - t0
+    empty = TopK(torch.empty(nq, 0), torch.empty(nq, 0, dtype=torch.long))
+    return ScoreResult(scores, helpful or empty, harmful or empty, timings)
+
+
+def compute_scores(
+    task: AttributionTask,
+    model: nn.Module,
+    queries: Any,
+    store: FactorStore,
+    curvature: Curvature,
+    config: ScoreConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+    collate_fn: Callable[[Sequence[Any]], Any] | None = None,
+) -> ScoreResult:
+    """Influence of every training example in ``store`` on every query in ``queries``.
+
+    Raises:
+        StoreMismatchError: if the model, layers or projection differ from the store's.
+    """
+    cfg = config or ScoreConfig()
+    t0 = time.perf_counter()
+    grads = query_gradients(task, model, queries, store, cfg.batch_size, dtype, collate_fn,
+                            cfg.progress)
+    t_query = time.perf_counter() - t0
+    result = score_gradients(grads, store, curvature, cfg, dtype)
+    result.timings["query_gradients_s"] = t_query
+    return result
+
+
+def self_influence(
+    store: FactorStore,
+    curvature: Curvature,
+    chunk_size: int = 4096,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> torch.Tensor:
+    """tau(i, i) = g_i^T (F + lambda I)^-1 g_i for every training example, shape (N,)."""
+    if curvature.store_id != store_identity(store):
+        raise StoreMismatchError(f"the curvature was fitted on another store than {store.path}")
+    out = torch.empty(store.num_examples, dtype=dtype)
+    chunks = store.iter_chunks(chunk_size, dtype)
+    for chunk in track(chunks, "self-influence", store.num_chunks(chunk_size), progress):
+        total = torch.zeros(chunk.stop - chunk.start, dtype=dtype)
+        for block in curvature.blocks:
+            g = torch.cat([chunk.dense(name) for name in block.layers], dim=1)
+            total += (block.apply(g, curvature.kind) * g).sum(1)
+        out[chunk.start : chunk.stop] = total
+    return out

@@ -1,0 +1,353 @@
+"""The on-disk store: sharded, memory-mappable rows of per-example factors.
+
+Layout of a store folder (documented in ``docs/attribution_store.md``)::
+
+    manifest.json          kind, rank c, dtype, layers and their row offsets, projection
+                           seed and dims, model fingerprint, shard list with checksums
+    shard-00000.npy        (n, row_length) array, one row per training example
+    shard-00001.npy        ...
+
+A LoRIF row holds, for each layer in order, L (d1 x c, row-major) then R (d2 x c); a dense
+(LoGRA) row holds G (d1 x d2). bfloat16 rows are stored as uint16 bit patterns. Every shard
+is written to a temporary file and renamed into place, then the manifest is replaced
+atomically, so an interrupted build leaves only complete, listed shards and resumes after
+them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tamis.attribution.errors import StoreError, StoreMismatchError
+from tamis.attribution.projection import LayerSpec
+
+FORMAT = "tamis.attribution.store"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+_NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64,
+                 "bfloat16": np.uint16}
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64,
+                 "bfloat16": torch.bfloat16}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Replace ``path`` with ``obj`` as JSON, atomically."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_torch(rows: np.ndarray, dtype_name: str) -> torch.Tensor:
+    """Rows read from a shard as a torch tensor of the stored dtype (bfloat16 reinterpreted)."""
+    t = torch.from_numpy(np.array(rows, copy=True))
+    return t.view(torch.bfloat16) if dtype_name == "bfloat16" else t
+
+
+def to_numpy(rows: torch.Tensor, dtype_name: str) -> np.ndarray:
+    """A (n, row_length) tensor cast to the stored dtype, as a numpy array."""
+    t = rows.detach().to(_TORCH_DTYPES[dtype_name]).contiguous().cpu()
+    return t.view(torch.uint16).numpy() if dtype_name == "bfloat16" else t.numpy()
+
+
+def row_layout(specs: list[LayerSpec], rank: int | None) -> list[dict]:
+    """Per-layer offsets within a row: L then R for LoRIF, G for dense.
+
+    A layer's rank is min(c, d1, d2): a d1 x d2 matrix has no more singular values.
+    """
+    layout, offset = [], 0
+    for s in specs:
+        c = None if rank is None else min(rank, s.d1, s.d2)
+        length = s.dim if c is None else c * (s.d1 + s.d2)
+        layout.append({**s.to_dict(), "rank": c, "offset": offset, "length": length})
+        offset += length
+    return layout
+
+
+@dataclass
+class StoreChunk:
+    """Rows [start, stop) decoded per layer: (L, R) for LoRIF, G (n, d1, d2) for dense."""
+
+    start: int
+    stop: int
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor] | torch.Tensor]
+
+    def dense(self, name: str) -> torch.Tensor:
+        """The layer's projected gradients as (n, d1 * d2), reconstructed if factored."""
+        item = self.layers[name]
+        g = item[0] @ item[1].transpose(1, 2) if isinstance(item, tuple) else item
+        return g.reshape(g.shape[0], -1)
+
+
+class FactorStore:
+    """Read access to a complete store (use :func:`tamis.attribution.build_store` to write)."""
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+
+    # -- opening and checking -------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True, allow_incomplete: bool = False) -> "FactorStore":
+        """Open a store, checking its manifest, shard sizes and (``verify``) checksums.
+
+        Raises:
+            StoreError: naming the missing, truncated or corrupted file.
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        if not manifest.get("complete") and not allow_incomplete:
+            done = sum(s["stop"] - s["start"] for s in manifest["shards"])
+            raise StoreError(
+                f"store {path} is incomplete ({done}/{manifest['num_examples']} examples); "
+                "rerun the build to resume it"
+            )
+        store = cls(path, manifest)
+        store.check_shards(checksums=verify)
+        return store
+
+    def check_shards(self, checksums: bool = True) -> None:
+        """Check every listed shard exists, has the right size and (optionally) checksum."""
+        for shard in self.manifest["shards"]:
+            f = self.path / shard["file"]
+            if not f.exists():
+                raise StoreError(f"shard file {f} is missing")
+            if f.stat().st_size != shard["bytes"]:
+                raise StoreError(
+                    f"shard {f} has {f.stat().st_size} bytes, manifest says {shard['bytes']} "
+                    "(truncated or overwritten)"
+                )
+            if checksums and file_sha256(f) != shard["sha256"]:
+                raise StoreError(f"shard {f} fails its SHA-256 checksum (corrupted)")
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def num_examples(self) -> int:
+        """N, the number of training examples (complete stores)."""
+        return int(self.manifest["num_examples"])
+
+    @property
+    def rank(self) -> int | None:
+        """c, or None for a dense store."""
+        return self.manifest["rank"]
+
+    @property
+    def dtype(self) -> str:
+        """The stored dtype name."""
+        return self.manifest["dtype"]
+
+    @property
+    def layers(self) -> list[dict]:
+        """Row layout per layer (name, d1, d2, offset, length, ...)."""
+        return self.manifest["layers"]
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Tracked layer names, in row order."""
+        return [layer["name"] for layer in self.layers]
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of all shard files as measured on disk."""
+        return sum((self.path / s["file"]).stat().st_size for s in self.manifest["shards"])
+
+    @property
+    def bytes_per_example(self) -> float:
+        """Measured shard bytes on disk divided by N (npy headers included)."""
+        return self.disk_bytes / max(self.num_examples, 1)
+
+    def energy(self) -> dict[str, float]:
+        """Mean fraction of ||G_i||_F^2 kept by the rank-c factors, per layer."""
+        n = max(self.num_examples, 1)
+        return {k: v / n for k, v in self.manifest.get("energy_sum", {}).items()}
+
+    # -- reading ----------------------------------------------------------------------------
+    def _shard_array(self, shard: dict) -> np.ndarray:
+        try:
+            arr = np.load(self.path / shard["file"], mmap_mode="r")
+        except (ValueError, OSError, EOFError) as err:
+            raise StoreError(f"cannot read shard {self.path / shard['file']}: {err}") from err
+        expected = (shard["stop"] - shard["start"], self.manifest["row_length"])
+        if arr.shape != expected:
+            raise StoreError(f"shard {shard['file']} has shape {arr.shape}, expected {expected}")
+        return arr
+
+    def decode(self, rows: torch.Tensor, start: int, dtype: torch.dtype) -> StoreChunk:
+        """Split raw rows into per-layer tensors of ``dtype``."""
+        rows = rows.to(dtype)
+        n = rows.shape[0]
+        layers: dict = {}
+        for lay in self.layers:
+            c = lay["rank"]
+            block = rows[:, lay["offset"] : lay["offset"] + lay["length"]]
+            if c is None:
+                layers[lay["name"]] = block.reshape(n, lay["d1"], lay["d2"])
+            else:
+                split = lay["d1"] * c
+                layers[lay["name"]] = (
+                    block[:, :split].reshape(n, lay["d1"], c),
+                    block[:, split:].reshape(n, lay["d2"], c),
+                )
+        return StoreChunk(start, start + n, layers)
+
+    def iter_chunks(
+        self,
+        chunk_size: int = 4096,
+        dtype: torch.dtype = torch.float32,
+        timings: dict | None = None,
+    ) -> Iterator[StoreChunk]:
+        """Stream the store in chunks of at most ``chunk_size`` rows (never across shards).
+
+        With ``timings``, the seconds spent reading rows from disk accumulate in
+        ``timings["load_s"]``.
+        """
+        for shard in self.manifest["shards"]:
+            t0 = time.perf_counter()
+            arr = self._shard_array(shard)
+            for lo in range(0, arr.shape[0], chunk_size):
+                rows = to_torch(arr[lo : lo + chunk_size], self.dtype)
+                chunk = self.decode(rows, shard["start"] + lo, dtype)
+                if timings is not None:
+                    timings["load_s"] = timings.get("load_s", 0.0) + time.perf_counter() - t0
+                yield chunk
+                t0 = time.perf_counter()
+
+    def num_chunks(self, chunk_size: int) -> int:
+        """How many chunks :meth:`iter_chunks` yields."""
+        return sum(-(-(s["stop"] - s["start"]) // chunk_size) for s in self.manifest["shards"])
+
+    def check_compatible(self, fingerprint: str, layers: list[LayerSpec], projection: dict) -> None:
+        """Refuse a query whose model, layers or projection differ from the store's.
+
+        Raises:
+            StoreMismatchError: naming what differs.
+        """
+        m = self.manifest
+        if m["projection"] != projection:
+            raise StoreMismatchError(
+                f"store {self.path} was built with projection {m['projection']}, "
+                f"the query uses {projection}"
+            )
+        mine = [(s.name, s.d1, s.d2, s.in_dim, s.out_dim) for s in layers]
+        theirs = [(x["name"], x["d1"], x["d2"], x["in_dim"], x["out_dim"]) for x in m["layers"]]
+        if mine != theirs:
+            raise StoreMismatchError(
+                f"store {self.path} tracks layers {theirs}, the query model gives {mine}"
+            )
+        if m["model_fingerprint"] != fingerprint:
+            raise StoreMismatchError(
+                f"store {self.path} was built for another model (fingerprint "
+                f"{m['model_fingerprint'][:12]}..., this model {fingerprint[:12]}...): "
+                "its weights differ"
+            )
+
+
+def read_manifest(path: Path) -> dict:
+    """Load and sanity-check ``path/manifest.json``.
+
+    Raises:
+        StoreError: if it is missing, not JSON, or not a tamis store.
+    """
+    f = Path(path) / MANIFEST
+    if not f.exists():
+        raise StoreError(f"{path} is not a tamis store (no {MANIFEST})")
+    try:
+        manifest = json.loads(f.read_text())
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{f} is corrupted: {err}") from err
+    if manifest.get("format") != FORMAT:
+        raise StoreError(f"{f} is not a tamis attribution store manifest")
+    if manifest.get("version") != VERSION:
+        raise StoreError(f"{f} has format version {manifest.get('version')}, expected {VERSION}")
+    return manifest
+
+
+class StoreWriter:
+    """Writes shards atomically and keeps the manifest current; resumes partial builds."""
+
+    def __init__(self, path: Path, header: dict, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        existing = self.path / MANIFEST
+        if existing.exists() and not overwrite:
+            old = read_manifest(self.path)
+            keys = ("kind", "rank", "dtype", "num_examples", "shard_size", "layers", "projection",
+                    "model_fingerprint", "row_length")
+            diff = [k for k in keys if old.get(k) != header.get(k)]
+            if diff:
+                raise StoreMismatchError(
+                    f"{self.path} already holds a store with different {diff}; refusing to "
+                    "overwrite it (pass overwrite=True or choose another folder)"
+                )
+            self.manifest = old
+            FactorStore(self.path, old).check_shards(checksums=True)
+        else:
+            self.manifest = {**header, "shards": [], "complete": False, "energy_sum": {},
+                             "created": time.time()}
+            if existing.exists():
+                for shard in self.path.glob("shard-*.npy"):
+                    shard.unlink()
+            write_json_atomic(existing, self.manifest)
+
+    @property
+    def done(self) -> int:
+        """Number of shards already written."""
+        return len(self.manifest["shards"])
+
+    def write_shard(self, index: int, start: int, rows: np.ndarray, energy: dict[str, float]) -> None:
+        """Atomically write shard ``index`` (rows for examples [start, start + len))."""
+        if index != self.done:
+            raise StoreError(f"shard {index} written out of order (expected {self.done})")
+        name = f"shard-{index:05d}.npy"
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, rows)
+                fh.flush()
+                os.fsync(fh.fileno())
+            digest = file_sha256(Path(tmp))
+            os.replace(tmp, self.path / name)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        shard = {"index": index, "start": start, "stop": start + rows.shape[0], "file": name,
+                 "bytes": (self.path / name).stat().st_size, "sha256": digest}
+        self.manifest["shards"].append(shard)
+        esum = self.manifest["energy_sum"]
+        for k, v in energy.items():
+            esum[k] = esum.get(k, 0.0) + float(v)
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def finish(self) -> FactorStore:
+        """Mark the store complete and return it for reading."""
+        self.manifest["complete"] = True
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+        return FactorStore(self.path, self.manifest)
