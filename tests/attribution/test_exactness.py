@@ -21,6 +21,7 @@ from tamis.attribution import (
 from tamis.attribution.build import rows_from_capture
 from tamis.attribution.capture import GradientCapture, resolve_layers
 from tamis.attribution.factors import dense_gradients, low_rank_factors
+from tamis.attribution.store import row_layout
 
 from attribution.testable_tasks import (
     ClassificationTask,
@@ -156,7 +157,8 @@ def test_rank_one_inputs_are_lossless_at_c1():
 def _in_memory_scores(model, task, train, queries, proj, c, curvature):
     specs = resolve_layers(model, None, proj)
     cap = GradientCapture(model, specs, proj, F64)
-    rows, _ = rows_from_capture(cap.capture(task.compute_train_loss, train.tensors), list(specs.values()), c)
+    layout = row_layout(list(specs.values()), c)
+    rows, _ = rows_from_capture(cap.capture(task.compute_train_loss, train.tensors), layout)
     qcap = cap.capture(task.compute_measurement, queries.tensors)
     q = {n: dense_gradients(x.a, x.b).flatten(1) for n, x in qcap.items()}
     qt = curvature.precondition(q)

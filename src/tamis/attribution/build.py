@@ -16,8 +16,8 @@ from tamis._progress import track
 from tamis.attribution.capture import GradientCapture, resolve_layers
 from tamis.attribution.config import BuildConfig, FactorConfig, ProjectionConfig, to_dict
 from tamis.attribution.data import dataset_length, iter_batches
+from tamis.attribution.errors import NonFiniteError
 from tamis.attribution.factors import dense_gradients, low_rank_factors
-from tamis.attribution.projection import LayerSpec
 from tamis.attribution.store import FORMAT, VERSION, FactorStore, StoreWriter, row_layout, to_numpy
 from tamis.attribution.task import AttributionTask
 
@@ -45,19 +45,26 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def rows_from_capture(captured: dict, specs: list[LayerSpec], rank: int | None) -> tuple[torch.Tensor, dict]:
+def rows_from_capture(captured: dict, layout: list[dict]) -> tuple[torch.Tensor, dict]:
     """Per-example store rows (B, row_length) and summed retained energy per layer."""
     parts, energy = [], {}
-    for spec in specs:
-        cap = captured[spec.name]
-        if rank is None:
+    for lay in layout:
+        cap = captured[lay["name"]]
+        if lay["rank"] is None:
             parts.append(dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1))
-            energy[spec.name] = float(cap.a.shape[0])
+            energy[lay["name"]] = float(cap.a.shape[0])
         else:
-            f = low_rank_factors(cap.a, cap.b, min(rank, spec.d1, spec.d2))
+            f = low_rank_factors(cap.a, cap.b, lay["rank"])
             parts += [f.left.reshape(f.left.shape[0], -1), f.right.reshape(f.right.shape[0], -1)]
-            energy[spec.name] = float(f.energy.sum())
+            energy[lay["name"]] = float(f.energy.sum())
     return torch.cat(parts, dim=1), energy
+
+
+def _capture_at(capture: GradientCapture, task: AttributionTask, batch: Any, offset: int) -> dict:
+    try:
+        return capture.capture(task.compute_train_loss, batch)
+    except NonFiniteError as err:
+        raise NonFiniteError(f"{err} (the batch starts at example {offset})") from err
 
 
 def projection_header(projection: ProjectionConfig) -> dict:
@@ -95,6 +102,7 @@ def build_store(
 
     Returns:
         The complete :class:`FactorStore`.
+
     """
     projection = projection or ProjectionConfig()
     factors = factors or FactorConfig()
@@ -103,7 +111,11 @@ def build_store(
     specs_by_name = resolve_layers(model, task.tracked_modules(model), projection)
     specs = list(specs_by_name.values())
     rank = factors.rank
-    layout = row_layout(specs, rank)
+    capture = GradientCapture(model, specs_by_name, projection, _DTYPES[build.compute_dtype])
+    with eval_mode(model):  # one probe batch tells which layers have no sequence axis
+        probe = next(iter_batches(dataset, 0, min(n, build.batch_size), build.batch_size, collate_fn))
+        _capture_at(capture, task, probe, 0)
+    layout = row_layout(specs, rank, frozenset(k for k, v in capture.flat_input.items() if v))
     header = {
         "format": FORMAT, "version": VERSION, "kind": "dense" if rank is None else "lorif",
         "rank": rank, "dtype": factors.dtype, "num_examples": n, "shard_size": build.shard_size,
@@ -113,15 +125,16 @@ def build_store(
     writer = StoreWriter(Path(path), header, overwrite=overwrite)
     if writer.manifest.get("complete"):
         return FactorStore(writer.path, writer.manifest)
-    capture = GradientCapture(model, specs_by_name, projection, _DTYPES[build.compute_dtype])
     starts = list(range(0, n, build.shard_size))
     todo = range(writer.done, len(starts))
     with eval_mode(model):
         for index in track(todo, f"build {header['kind']} store", len(todo), build.progress):
             start, stop = starts[index], min(starts[index] + build.shard_size, n)
             rows, energy = [], {s.name: 0.0 for s in specs}
-            for batch in iter_batches(dataset, start, stop, build.batch_size, collate_fn):
-                r, e = rows_from_capture(capture.capture(task.compute_train_loss, batch), specs, rank)
+            batches = iter_batches(dataset, start, stop, build.batch_size, collate_fn)
+            for i, batch in enumerate(batches):
+                captured = _capture_at(capture, task, batch, start + i * build.batch_size)
+                r, e = rows_from_capture(captured, layout)
                 rows.append(to_numpy(r, factors.dtype))
                 for k, v in e.items():
                     energy[k] += v
@@ -149,6 +162,7 @@ def query_gradients(
 
     Raises:
         StoreMismatchError: if the model, layers or projection differ from the store's.
+
     """
     projection = ProjectionConfig(**store.manifest["projection"])
     specs_by_name = resolve_layers(model, task.tracked_modules(model), projection)

@@ -97,6 +97,8 @@ class GradientCapture:
         self.proj = {n: layer_projections(s, cfg, dtype) for n, s in specs.items()}
         self._a: dict[str, list[torch.Tensor]] = {}
         self._outputs: list[tuple[str, nn.Module, torch.Tensor]] = []
+        # Linear layers fed (B, I) inputs have T = 1 by construction: rank-1 gradients.
+        self.flat_input: dict[str, bool] = {}
 
     def _inputs_2d(self, name: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(module, nn.Conv2d):
@@ -129,6 +131,7 @@ class GradientCapture:
             p_in = self.proj[name][0]
 
             def forward_hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+                self.flat_input[name] = isinstance(mod, nn.Linear) and inputs[0].dim() == 2
                 x = self._inputs_2d(name, mod, inputs[0].detach())
                 self._a[name].append(x if p_in is None else x @ p_in)
                 if not output.requires_grad:
@@ -156,6 +159,7 @@ class GradientCapture:
         Raises:
             NonFiniteError: if a loss or a captured gradient is NaN or infinite.
             ValueError: if the losses are not a 1-D tensor.
+
         """
         self._a = {n: [] for n in self.specs}
         self._outputs: list[tuple[str, nn.Module, torch.Tensor]] = []

@@ -33,6 +33,7 @@ class ProjectionConfig:
             dimension is clipped to the layer's and that side uses the identity (lossless).
         include_bias: Treat a layer's bias as an extra input column of ones, so its
             gradient is attributed too.
+
     """
 
     d1: int = 64
@@ -56,6 +57,7 @@ class FactorConfig:
             the per-example gradient has rank <= c (rank 1 for non-sequence inputs).
             ``None`` stores the dense d1 x d2 matrix instead (the LoGRA baseline).
         dtype: On-disk dtype of the factors.
+
     """
 
     rank: int | None = 1
@@ -80,6 +82,7 @@ class BuildConfig:
         shard_size: Examples per shard file (the unit of atomic write and resume).
         compute_dtype: Precision of capture and factorisation (``"float64"`` for tests).
         progress: Show rich progress bars.
+
     """
 
     batch_size: int = 64
@@ -111,6 +114,7 @@ class CurvatureConfig:
         power_iters: Power iterations for the randomized SVD.
         seed: Seed of the randomized SVD's test matrix.
         chunk_size: Examples per streamed chunk.
+
     """
 
     kind: Literal["lowrank", "dense", "identity"] = "lowrank"
@@ -149,6 +153,7 @@ class ScoreConfig:
         keep_scores: Keep the full (queries x N) score matrix in memory.
         batch_size: Query examples per forward/backward pass.
         progress: Show rich progress bars.
+
     """
 
     normalize: Literal["none", "cosine", "train_unit"] = "none"

@@ -117,7 +117,7 @@ class Curvature:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, store: FactorStore | None = None) -> "Curvature":
+    def load(cls, path: str | Path, store: FactorStore | None = None) -> Curvature:
         """Read a saved preconditioner; with ``store``, refuse one fitted on another store."""
         from safetensors import safe_open
 
@@ -180,6 +180,7 @@ def fit_curvature(
 
     Returns:
         A :class:`Curvature`; ``extra["passes"]`` counts the passes over the store.
+
     """
     cfg = config or CurvatureConfig()
     blocks = _blocks(store, cfg.granularity)

@@ -66,6 +66,7 @@ def low_rank_factors(a: torch.Tensor, b: torch.Tensor, rank: int) -> Factors:
     Returns:
         :class:`Factors` with L (B, d1, c), R (B, d2, c) and the fraction of ||G_i||_F^2
         kept (1 where exact or G_i = 0).
+
     """
     if a.dim() != 3 or b.dim() != 3 or a.shape[:2] != b.shape[:2]:
         raise ValueError(f"expected A (B,T,d1) and B (B,T,d2) with equal B, T; got "

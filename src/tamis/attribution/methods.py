@@ -58,6 +58,7 @@ class Attributor:
         curvature: Full curvature config (overrides ``rank_r`` and the method's kind).
         build: Build config.
         compute_dtype: Precision of curvature and scoring.
+
     """
 
     def __init__(
@@ -91,7 +92,7 @@ class Attributor:
         dataset: Any,
         collate_fn: Callable[[Sequence[Any]], Any] | None = None,
         overwrite: bool = False,
-    ) -> "Attributor":
+    ) -> Attributor:
         """Build (or resume) the store of ``dataset`` and fit the preconditioner."""
         self.store = build_store(self.task, self.model, dataset, self.path, self.projection,
                                  self.factors, self.build_config, collate_fn, overwrite)

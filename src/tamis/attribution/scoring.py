@@ -41,6 +41,7 @@ class ScoreResult:
         helpful: Top-k largest scores (most helpful training examples) per query.
         harmful: Top-k smallest scores (most harmful) per query.
         timings: Seconds spent loading rows (``load_s``) and computing (``compute_s``).
+
     """
 
     scores: torch.Tensor | None
@@ -148,6 +149,7 @@ def compute_scores(
 
     Raises:
         StoreMismatchError: if the model, layers or projection differ from the store's.
+
     """
     cfg = config or ScoreConfig()
     t0 = time.perf_counter()

@@ -77,14 +77,17 @@ def to_numpy(rows: torch.Tensor, dtype_name: str) -> np.ndarray:
     return t.view(torch.uint16).numpy() if dtype_name == "bfloat16" else t.numpy()
 
 
-def row_layout(specs: list[LayerSpec], rank: int | None) -> list[dict]:
+def row_layout(
+    specs: list[LayerSpec], rank: int | None, rank_one: frozenset[str] = frozenset()
+) -> list[dict]:
     """Per-layer offsets within a row: L then R for LoRIF, G for dense.
 
-    A layer's rank is min(c, d1, d2): a d1 x d2 matrix has no more singular values.
+    A layer's rank is min(c, d1, d2) (a d1 x d2 matrix has no more singular values), and 1
+    for the layers in ``rank_one`` (Linear layers without a sequence axis, T = 1).
     """
     layout, offset = [], 0
     for s in specs:
-        c = None if rank is None else min(rank, s.d1, s.d2)
+        c = None if rank is None else (1 if s.name in rank_one else min(rank, s.d1, s.d2))
         length = s.dim if c is None else c * (s.d1 + s.d2)
         layout.append({**s.to_dict(), "rank": c, "offset": offset, "length": length})
         offset += length
@@ -115,11 +118,12 @@ class FactorStore:
 
     # -- opening and checking -------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True, allow_incomplete: bool = False) -> "FactorStore":
+    def open(cls, path: str | Path, verify: bool = True, allow_incomplete: bool = False) -> FactorStore:
         """Open a store, checking its manifest, shard sizes and (``verify``) checksums.
 
         Raises:
             StoreError: naming the missing, truncated or corrupted file.
+
         """
         path = Path(path)
         manifest = read_manifest(path)
@@ -248,6 +252,7 @@ class FactorStore:
 
         Raises:
             StoreMismatchError: naming what differs.
+
         """
         m = self.manifest
         if m["projection"] != projection:
@@ -274,6 +279,7 @@ def read_manifest(path: Path) -> dict:
 
     Raises:
         StoreError: if it is missing, not JSON, or not a tamis store.
+
     """
     f = Path(path) / MANIFEST
     if not f.exists():

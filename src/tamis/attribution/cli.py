@@ -1,0 +1,173 @@
+"""``tamis attribute build|query|info|verify`` over the same engine as the Python API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tamis.attribution.build import build_store
+from tamis.attribution.config import (
+    BuildConfig,
+    CurvatureConfig,
+    FactorConfig,
+    ProjectionConfig,
+    ScoreConfig,
+    to_dict,
+)
+from tamis.attribution.curvature import Curvature, fit_curvature
+from tamis.attribution.errors import AttributionError
+from tamis.attribution.examples import load_factory
+from tamis.attribution.scoring import compute_scores
+from tamis.attribution.store import FactorStore
+
+app = typer.Typer(help="LoRIF training-data attribution (build a store, then query it).",
+                  no_args_is_help=True)
+console = Console()
+DEFAULT_TASK = "tamis.attribution.examples:fashion_cnn"
+TASK_HELP = "Task factory, module:function or file.py:function, returning a TaskBundle."
+
+
+def _bundle(task: str, cache_dir: Path, data_dir: Path | None):
+    return load_factory(task)(cache_dir=cache_dir, data_dir=data_dir)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error:[/] {err}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def build(
+    store: Path = typer.Option(..., help="Store folder (resumed if a partial build is there)."),
+    task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
+    cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
+    data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
+    d1: int = typer.Option(64, help="Projected input dimension per layer."),
+    d2: int = typer.Option(64, help="Projected output-gradient dimension per layer."),
+    seed: int = typer.Option(0, help="Projection seed."),
+    projection: str = typer.Option("gaussian", help="gaussian | rademacher | identity."),
+    clip: bool = typer.Option(True, help="Clip d1/d2 to small layers instead of failing."),
+    rank_c: int = typer.Option(1, help="Rank c of the stored factors."),
+    dense: bool = typer.Option(False, help="Store dense d1 x d2 gradients (LoGRA baseline)."),
+    dtype: str = typer.Option("float16", help="float16 | bfloat16 | float32 | float64."),
+    batch_size: int = typer.Option(64, help="Examples per forward/backward pass."),
+    shard_size: int = typer.Option(4096, help="Examples per shard file."),
+    overwrite: bool = typer.Option(False, help="Replace an incompatible store at --store."),
+) -> None:
+    """Capture per-example projected gradients of the training set into a store."""
+    try:
+        b = _bundle(task, cache_dir, data_dir)
+        s = build_store(
+            b.task, b.model, b.train, store,
+            ProjectionConfig(d1=d1, d2=d2, seed=seed, kind=projection, clip_to_layer=clip),
+            FactorConfig(rank=None if dense else rank_c, dtype=dtype),
+            BuildConfig(batch_size=batch_size, shard_size=shard_size), overwrite=overwrite,
+        )
+    except (AttributionError, ValueError, FileNotFoundError) as err:
+        _fail(err)
+    _print_info(s)
+
+
+def _curvature_for(store: FactorStore, cfg: CurvatureConfig) -> Curvature:
+    key = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    path = store.path / f"curvature-{cfg.kind}-{key}.safetensors"
+    if path.exists():
+        return Curvature.load(path, store)
+    curvature = fit_curvature(store, cfg)
+    curvature.save(path)
+    return curvature
+
+
+@app.command()
+def query(
+    store: Path = typer.Option(..., help="Store folder built by `tamis attribute build`."),
+    out: Path = typer.Option(Path("scores.npz"), help="Output .npz (scores, top-k, self-influence)."),
+    task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
+    cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
+    data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
+    curvature: str = typer.Option("auto", help="auto | lowrank | dense | identity."),
+    rank_r: int = typer.Option(64, help="Curvature rank r (lowrank)."),
+    damping: float = typer.Option(0.1, help="Damping lambda."),
+    damping_mode: str = typer.Option("relative", help="relative (x mean eigenvalue) | absolute."),
+    granularity: str = typer.Option("layer", help="layer | model."),
+    normalize: str = typer.Option("none", help="none | cosine | train_unit."),
+    top_k: int = typer.Option(10, help="Most helpful / harmful examples kept per query."),
+    self_scores: bool = typer.Option(False, help="Also compute self-influence of every example."),
+) -> None:
+    """Score the task's queries against a store; write scores and top-k to ``--out``."""
+    from tamis.attribution.scoring import self_influence
+
+    try:
+        s = FactorStore.open(store)
+        kind = curvature if curvature != "auto" else ("dense" if s.rank is None else "lowrank")
+        cfg = CurvatureConfig(kind=kind, rank=rank_r, damping=damping, damping_mode=damping_mode,
+                              granularity=granularity)
+        curv = _curvature_for(s, cfg)
+        b = _bundle(task, cache_dir, data_dir)
+        result = compute_scores(b.task, b.model, b.queries, s, curv,
+                                ScoreConfig(normalize=normalize, top_k=top_k))
+        arrays = {"scores": result.scores.numpy(), "helpful_indices": result.helpful.indices.numpy(),
+                  "helpful_scores": result.helpful.values.numpy(),
+                  "harmful_indices": result.harmful.indices.numpy(),
+                  "harmful_scores": result.harmful.values.numpy()}
+        if self_scores:
+            arrays["self_influence"] = self_influence(s, curv).numpy()
+    except (AttributionError, ValueError, FileNotFoundError) as err:
+        _fail(err)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(out)
+    console.print(f"{arrays['scores'].shape[0]} queries x {arrays['scores'].shape[1]} training "
+                  f"examples -> [bold]{out}[/] (load {result.timings['load_s']:.2f} s, "
+                  f"compute {result.timings['compute_s']:.2f} s)")
+    for q in range(min(3, arrays["scores"].shape[0])):
+        console.print(f"query {q}: most helpful {arrays['helpful_indices'][q][:5].tolist()}, "
+                      f"most harmful {arrays['harmful_indices'][q][:5].tolist()}")
+
+
+def _print_info(s: FactorStore) -> None:
+    table = Table(title=f"store {s.path} ({s.manifest['kind']}, c={s.rank}, {s.dtype})")
+    for col in ("layer", "d1", "d2", "c", "numbers/example", "energy kept"):
+        table.add_column(col)
+    energy = s.energy()
+    for lay in s.layers:
+        table.add_row(lay["name"], str(lay["d1"]), str(lay["d2"]), str(lay["rank"]),
+                      str(lay["length"]), f"{energy.get(lay['name'], float('nan')):.4f}")
+    console.print(table)
+    console.print(f"N = {s.num_examples}, {s.bytes_per_example:.1f} bytes/example on disk, "
+                  f"{s.disk_bytes / 2**20:.2f} MiB in {len(s.manifest['shards'])} shard(s)")
+
+
+@app.command()
+def info(store: Path = typer.Option(..., help="Store folder.")) -> None:
+    """Describe a store: layers, dims, rank, energy kept, bytes per example."""
+    try:
+        _print_info(FactorStore.open(store, verify=False, allow_incomplete=True))
+    except AttributionError as err:
+        _fail(err)
+
+
+@app.command()
+def verify(store: Path = typer.Option(..., help="Store folder.")) -> None:
+    """Check every shard's size and SHA-256 checksum."""
+    try:
+        s = FactorStore.open(store, verify=True, allow_incomplete=True)
+    except AttributionError as err:
+        _fail(err)
+    console.print(f"[green]ok[/]: {len(s.manifest['shards'])} shard(s) verified")
+
+
+try:  # the evaluation harness registers itself when present
+    from tamis.attribution.evaluation_cli import evaluate
+
+    app.command()(evaluate)
+except ModuleNotFoundError as _err:  # pragma: no cover
+    if _err.name != "tamis.attribution.evaluation_cli":
+        raise
