@@ -17,14 +17,20 @@ from rich.progress import (
 T = TypeVar("T")
 
 
-def track(items: Iterable[T], description: str, total: int | None = None,
-          enabled: bool = True) -> Iterator[T]:
-    """Iterate over ``items`` with a rich progress bar (transient; off when ``enabled`` is False)."""
+def track(
+    items: Iterable[T], description: str, total: int | None = None, enabled: bool = True
+) -> Iterator[T]:
+    """Iterate over ``items`` with a rich progress bar (none when ``enabled`` is False)."""
     if not enabled:
         yield from items
         return
-    columns = (TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task(description, total=total)
         for item in items:

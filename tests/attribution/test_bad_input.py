@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from attribution.testable_tasks import ClassificationTask, classification_data, mlp
 from tamis.attribution import (
     AttributionError,
     BuildConfig,
@@ -31,16 +32,21 @@ from tamis.attribution import (
 from tamis.attribution.curvature import Curvature
 from tamis.attribution.factors import dense_gradients, low_rank_factors
 
-from attribution.testable_tasks import ClassificationTask, classification_data, mlp
-
 QUIET = BuildConfig(batch_size=4, shard_size=6, progress=False)
 PROJ = ProjectionConfig(d1=3, d2=3, seed=0)
 
 
 def _store(path, model=None, n=14, **kw):
-    return build_store(ClassificationTask(), model or mlp(), classification_data(n), path,
-                       kw.pop("projection", PROJ), kw.pop("factors", FactorConfig(1, "float32")),
-                       QUIET, **kw)
+    return build_store(
+        ClassificationTask(),
+        model or mlp(),
+        classification_data(n),
+        path,
+        kw.pop("projection", PROJ),
+        kw.pop("factors", FactorConfig(1, "float32")),
+        QUIET,
+        **kw,
+    )
 
 
 class BadShapeTask(ClassificationTask):
@@ -84,11 +90,13 @@ def test_nan_gradient_names_layer(tmp_path):
 
 def test_unsupported_module(tmp_path):
     with pytest.raises(UnsupportedModuleError, match="Tanh"):
-        build_store(ClassificationTask(["1"]), mlp(), classification_data(5), tmp_path, PROJ,
-                    build=QUIET)
+        build_store(
+            ClassificationTask(["1"]), mlp(), classification_data(5), tmp_path, PROJ, build=QUIET
+        )
     with pytest.raises(UnsupportedModuleError, match="no module named"):
-        build_store(ClassificationTask(["nope"]), mlp(), classification_data(5), tmp_path, PROJ,
-                    build=QUIET)
+        build_store(
+            ClassificationTask(["nope"]), mlp(), classification_data(5), tmp_path, PROJ, build=QUIET
+        )
 
 
 def test_grouped_conv_is_refused(tmp_path):
@@ -99,7 +107,9 @@ def test_grouped_conv_is_refused(tmp_path):
 
 
 def test_projection_larger_than_layer(tmp_path):
-    with pytest.raises(AttributionError, match=r"d2=8 is larger than layer '0'.*output dimension 5"):
+    with pytest.raises(
+        AttributionError, match=r"d2=8 is larger than layer '0'.*output dimension 5"
+    ):
         _store(tmp_path, projection=ProjectionConfig(d1=3, d2=8))
     store = _store(tmp_path / "clip", projection=ProjectionConfig(d1=3, d2=8, clip_to_layer=True))
     assert [lay["d2"] for lay in store.layers] == [5, 3]
@@ -137,14 +147,19 @@ def test_query_against_wrong_store(tmp_path):
     curv = fit_curvature(store, CurvatureConfig(rank=4), progress=False)
     other = mlp(seed=1)
     with pytest.raises(StoreMismatchError, match="another model"):
-        compute_scores(task, other, classification_data(3), store, curv, ScoreConfig(progress=False))
+        compute_scores(
+            task, other, classification_data(3), store, curv, ScoreConfig(progress=False)
+        )
     wider = mlp(hidden=7)
     with pytest.raises(StoreMismatchError, match="tracks layers"):
-        compute_scores(task, wider, classification_data(3), store, curv, ScoreConfig(progress=False))
+        compute_scores(
+            task, wider, classification_data(3), store, curv, ScoreConfig(progress=False)
+        )
     other_store = _store(tmp_path / "b", model=model, n=10)
     with pytest.raises(StoreMismatchError, match="fitted on another store"):
-        compute_scores(task, model, classification_data(3), other_store, curv,
-                       ScoreConfig(progress=False))
+        compute_scores(
+            task, model, classification_data(3), other_store, curv, ScoreConfig(progress=False)
+        )
 
 
 def test_existing_store_is_not_overwritten(tmp_path):
@@ -188,8 +203,14 @@ def test_bad_configs_name_the_field():
 
 # -- fuzzing ---------------------------------------------------------------------------------
 @settings(max_examples=40, deadline=None)
-@given(b=st.integers(1, 3), t=st.integers(1, 7), d1=st.integers(1, 6), d2=st.integers(1, 6),
-       c=st.integers(1, 5), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 3),
+    t=st.integers(1, 7),
+    d1=st.integers(1, 6),
+    d2=st.integers(1, 6),
+    c=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
 def test_fuzz_factors_are_best_rank_c(b, t, d1, d2, c, seed):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(b, t, d1, generator=g, dtype=torch.float64)
@@ -202,18 +223,38 @@ def test_fuzz_factors_are_best_rank_c(b, t, d1, d2, c, seed):
     assert torch.all((f.energy >= -1e-12) & (f.energy <= 1 + 1e-12))
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n=st.integers(1, 12), shard=st.integers(1, 6), batch=st.integers(1, 5),
-       c=st.sampled_from([1, 2, None]), dtype=st.sampled_from(["float16", "bfloat16", "float32"]))
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 12),
+    shard=st.integers(1, 6),
+    batch=st.integers(1, 5),
+    c=st.sampled_from([1, 2, None]),
+    dtype=st.sampled_from(["float16", "bfloat16", "float32"]),
+)
 def test_fuzz_build_and_score(tmp_path_factory, n, shard, batch, c, dtype):
     path = tmp_path_factory.mktemp("fuzz")
     model, task = mlp(), ClassificationTask()
-    store = build_store(task, model, classification_data(n), path, PROJ, FactorConfig(c, dtype),
-                        BuildConfig(batch_size=batch, shard_size=shard, progress=False))
+    store = build_store(
+        task,
+        model,
+        classification_data(n),
+        path,
+        PROJ,
+        FactorConfig(c, dtype),
+        BuildConfig(batch_size=batch, shard_size=shard, progress=False),
+    )
     assert store.num_examples == n and len(store.manifest["shards"]) == -(-n // shard)
     curv = fit_curvature(store, CurvatureConfig(rank=2, chunk_size=batch), progress=False)
-    res = compute_scores(task, model, classification_data(2, seed=3), store, curv,
-                         ScoreConfig(progress=False, top_k=3, chunk_size=shard))
+    res = compute_scores(
+        task,
+        model,
+        classification_data(2, seed=3),
+        store,
+        curv,
+        ScoreConfig(progress=False, top_k=3, chunk_size=shard),
+    )
     assert res.scores.shape == (2, n) and torch.isfinite(res.scores).all()
     assert res.helpful.indices.shape == (2, min(3, n))
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
+from attribution.testable_tasks import ClassificationTask
 from tamis.attribution import Attributor, BuildConfig, ProjectionConfig, ScoreConfig
 from tamis.attribution.evaluation import (
     bootstrap_ci,
@@ -31,7 +32,14 @@ from tamis.attribution.evaluation import (
 )
 from tamis.attribution.evaluation_cli import evaluate
 
-from attribution.testable_tasks import ClassificationTask
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models: thread start-up dominates, and the CI machine is shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 # --- masks -------------------------------------------------------------------------------
@@ -49,8 +57,9 @@ def test_masks_fixed_size_deterministic_and_round_trip(tmp_path):
 # --- LDS against a hand-computed value ----------------------------------------------------
 def test_lds_hand_computed():
     scores = np.array([[1.0, 2.0, 3.0, 4.0]])  # one query, N = 4
-    masks = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1], [1, 0, 1, 0]],
-                     dtype=bool)
+    masks = np.array(
+        [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1], [1, 0, 1, 0]], dtype=bool
+    )
     pred = lds_predictions(scores, masks)[:, 0]
     assert pred.tolist() == [3.0, 5.0, 7.0, 5.0, 4.0]
     # losses chosen so that -loss ranks are [1, 3, 5, 2, 4] vs prediction ranks
@@ -89,8 +98,13 @@ def test_lds_shape_errors():
 
 # --- hypothesis fuzz ----------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
-@given(q=st.integers(1, 4), n=st.integers(2, 12), m=st.integers(3, 10), seed=st.integers(0, 10**6),
-       scale=st.floats(1e-3, 1e3))
+@given(
+    q=st.integers(1, 4),
+    n=st.integers(2, 12),
+    m=st.integers(3, 10),
+    seed=st.integers(0, 10**6),
+    scale=st.floats(1e-3, 1e3),
+)
 def test_lds_fuzz_invariances(q, n, m, seed, scale):
     rng = np.random.default_rng(seed)
     scores = rng.normal(size=(q, n))
@@ -100,14 +114,19 @@ def test_lds_fuzz_invariances(q, n, m, seed, scale):
     finite = np.isfinite(rho)
     assert (np.abs(rho[finite]) <= 1 + 1e-12).all()
     # invariant to positive scaling of scores and to a monotone map of the ground truth
-    np.testing.assert_allclose(lds_per_query(scale * scores, masks, truth)[finite], rho[finite],
-                               atol=1e-9)
-    np.testing.assert_allclose(lds_per_query(scores, masks, np.exp(truth))[finite], rho[finite],
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        lds_per_query(scale * scores, masks, truth)[finite], rho[finite], atol=1e-9
+    )
+    np.testing.assert_allclose(
+        lds_per_query(scores, masks, np.exp(truth))[finite], rho[finite], atol=1e-9
+    )
     # flipping the scores' sign flips rho; so does switching loss <-> gain
-    np.testing.assert_allclose(lds_per_query(-scores, masks, truth)[finite], -rho[finite], atol=1e-9)
-    np.testing.assert_allclose(lds_per_query(scores, masks, truth, "gain")[finite], -rho[finite],
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        lds_per_query(-scores, masks, truth)[finite], -rho[finite], atol=1e-9
+    )
+    np.testing.assert_allclose(
+        lds_per_query(scores, masks, truth, "gain")[finite], -rho[finite], atol=1e-9
+    )
     lo, hi = bootstrap_ci(rho, n_boot=200, seed=seed)
     if finite.any():
         assert lo <= hi and lo >= -1 - 1e-12 and hi <= 1 + 1e-12
@@ -157,8 +176,9 @@ def test_ground_truth_cached_keyed_and_resumable(tmp_path):
 
 def test_ground_truth_averages_seeds(tmp_path):
     masks = make_masks(6, 3, seed=0)
-    truth = ground_truth(lambda mask, seed: np.array([float(seed)]), masks, tmp_path, {},
-                         n_seeds=2, progress=False)
+    truth = ground_truth(
+        lambda mask, seed: np.array([float(seed)]), masks, tmp_path, {}, n_seeds=2, progress=False
+    )
     assert truth[:, 0].tolist() == [0.5, 2.5, 4.5]
 
 
@@ -193,10 +213,16 @@ def test_sign_convention_on_a_known_toy(tmp_path):
     train, queries = _toy()
     x, y = train.tensors
     model, task = _fit(x, y), ClassificationTask()
-    att = Attributor(task, model, tmp_path / "store", method="grad_dot",
-                     projection=ProjectionConfig(kind="identity"), dtype="float64",
-                     build=BuildConfig(progress=False, compute_dtype="float64"),
-                     compute_dtype=torch.float64)
+    att = Attributor(
+        task,
+        model,
+        tmp_path / "store",
+        method="grad_dot",
+        projection=ProjectionConfig(kind="identity"),
+        dtype="float64",
+        build=BuildConfig(progress=False, compute_dtype="float64"),
+        compute_dtype=torch.float64,
+    )
     scores = att.fit(train).score(queries, ScoreConfig(progress=False)).scores.numpy()
     # known answer: the same-label neighbours help (positive), the flipped ones hurt
     assert (scores[0, :20] > 0).mean() > 0.9 and (scores[0, 20:40] < 0).mean() > 0.9
@@ -228,9 +254,19 @@ def test_sign_convention_on_a_known_toy(tmp_path):
     app = typer.Typer()
     app.command()(evaluate)
     out = tmp_path / "eval.json"
-    res = CliRunner().invoke(app, ["--scores", str(tmp_path / "grad_dot.npy"), "--masks",
-                                   str(tmp_path / "masks.npy"), "--ground-truth",
-                                   str(tmp_path / "truth.npy"), "--output", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "--scores",
+            str(tmp_path / "grad_dot.npy"),
+            "--masks",
+            str(tmp_path / "masks.npy"),
+            "--ground-truth",
+            str(tmp_path / "truth.npy"),
+            "--output",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["results"]["grad_dot"]["mean"] == pytest.approx(good.mean)
 

@@ -7,6 +7,16 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
+from attribution.testable_tasks import (
+    ClassificationTask,
+    SequenceTask,
+    TinyCNN,
+    classification_data,
+    image_data,
+    mlp,
+    tiny_lm,
+    token_data,
+)
 from tamis.attribution import (
     Attributor,
     BuildConfig,
@@ -22,17 +32,6 @@ from tamis.attribution.build import rows_from_capture
 from tamis.attribution.capture import GradientCapture, resolve_layers
 from tamis.attribution.factors import dense_gradients, low_rank_factors
 from tamis.attribution.store import row_layout
-
-from attribution.testable_tasks import (
-    ClassificationTask,
-    SequenceTask,
-    TinyCNN,
-    tiny_lm,
-    classification_data,
-    image_data,
-    mlp,
-    token_data,
-)
 
 F64 = torch.float64
 QUIET = BuildConfig(batch_size=7, shard_size=11, compute_dtype="float64", progress=False)
@@ -53,8 +52,15 @@ def test_lorif_full_rank_equals_dense_logra(tmp_path, granularity):
     curv = dict(rank=10_000, damping=0.1, granularity=granularity)
     results = {}
     for method, c in (("lorif", full_c), ("logra", None)):
-        store = build_store(task, model, train, tmp_path / method, proj,
-                            FactorConfig(rank=c, dtype="float64"), QUIET)
+        store = build_store(
+            task,
+            model,
+            train,
+            tmp_path / method,
+            proj,
+            FactorConfig(rank=c, dtype="float64"),
+            QUIET,
+        )
         kind = "lowrank" if method == "lorif" else "dense"
         curvature = fit_curvature(store, CurvatureConfig(kind=kind, **curv), F64, progress=False)
         results[method] = compute_scores(task, model, queries, store, curvature, SCORE, F64)
@@ -65,12 +71,19 @@ def test_lorif_full_rank_equals_dense_logra(tmp_path, granularity):
 
 def test_randomized_svd_matches_exact_top_r(tmp_path):
     model, task = tiny_lm(vocab=9, width=10), SequenceTask()
-    store = build_store(task, model, token_data(60, vocab=9), tmp_path / "s",
-                        ProjectionConfig(d1=6, d2=6, seed=0), FactorConfig(rank=3, dtype="float64"),
-                        QUIET)
+    store = build_store(
+        task,
+        model,
+        token_data(60, vocab=9),
+        tmp_path / "s",
+        ProjectionConfig(d1=6, d2=6, seed=0),
+        FactorConfig(rank=3, dtype="float64"),
+        QUIET,
+    )
     exact = fit_curvature(store, CurvatureConfig(rank=8, method="exact"), F64, progress=False)
-    rand = fit_curvature(store, CurvatureConfig(rank=8, oversample=10, power_iters=3), F64,
-                         progress=False)
+    rand = fit_curvature(
+        store, CurvatureConfig(rank=8, oversample=10, power_iters=3), F64, progress=False
+    )
     assert rand.extra["passes"] == 1 + 3 + 1
     for be, br in zip(exact.blocks, rand.blocks):
         np.testing.assert_allclose(br.eigvals[:4], be.eigvals[:4], rtol=1e-6)
@@ -89,7 +102,7 @@ def _brute_force_grads(model, task, data, names):
     out = {}
     for name in names:
         w = g[f"{name}.weight"].flatten(2)  # (N, O, I)
-        b = g[f"{name}.bias"][:, None, :]   # (N, 1, O)
+        b = g[f"{name}.bias"][:, None, :]  # (N, 1, O)
         out[name] = torch.cat([w.transpose(1, 2), b], dim=1).flatten(1)  # rows: inputs, bias
     return out
 
@@ -105,20 +118,39 @@ def _damped_inverse(gs: torch.Tensor, damping: float) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_identity_logra_equals_brute_force(tmp_path, kind, granularity):
     if kind == "mlp":
-        model, train, queries, names = mlp(), classification_data(17), classification_data(4, seed=5), ["0", "2"]
+        model, train, queries, names = (
+            mlp(),
+            classification_data(17),
+            classification_data(4, seed=5),
+            ["0", "2"],
+        )
     else:
-        model, train, queries, names = TinyCNN().double(), image_data(15), image_data(4, seed=5), ["conv", "fc"]
+        model, train, queries, names = (
+            TinyCNN().double(),
+            image_data(15),
+            image_data(4, seed=5),
+            ["conv", "fc"],
+        )
     task = ClassificationTask()
-    attributor = Attributor(task, model, tmp_path, method="logra",
-                            projection=ProjectionConfig(kind="identity"), dtype="float64",
-                            curvature=CurvatureConfig(damping=0.1, granularity=granularity),
-                            build=QUIET, compute_dtype=F64)
+    attributor = Attributor(
+        task,
+        model,
+        tmp_path,
+        method="logra",
+        projection=ProjectionConfig(kind="identity"),
+        dtype="float64",
+        curvature=CurvatureConfig(damping=0.1, granularity=granularity),
+        build=QUIET,
+        compute_dtype=F64,
+    )
     result = attributor.fit(train).score(queries, SCORE)
 
     gtrain = _brute_force_grads(model, task, train, names)
     gquery = _brute_force_grads(model, task, queries, names)
     if granularity == "model":
-        blocks = [(torch.cat([gtrain[n] for n in names], 1), torch.cat([gquery[n] for n in names], 1))]
+        blocks = [
+            (torch.cat([gtrain[n] for n in names], 1), torch.cat([gquery[n] for n in names], 1))
+        ]
     else:
         blocks = [(gtrain[n], gquery[n]) for n in names]
     expected = sum(q @ _damped_inverse(g, 0.1) @ g.T for g, q in blocks)
@@ -129,8 +161,9 @@ def test_identity_logra_equals_brute_force(tmp_path, kind, granularity):
 
 
 # 3. Rank-c factorization error equals the discarded singular values ----------------------
-@pytest.mark.parametrize("t,d1,d2,c", [(9, 5, 6, 2), (3, 8, 7, 2), (4, 8, 8, 1), (2, 4, 4, 3),
-                                       (12, 3, 9, 3)])
+@pytest.mark.parametrize(
+    "t,d1,d2,c", [(9, 5, 6, 2), (3, 8, 7, 2), (4, 8, 8, 1), (2, 4, 4, 3), (12, 3, 9, 3)]
+)
 def test_factorization_error_is_discarded_singular_values(t, d1, d2, c):
     g = torch.Generator().manual_seed(t * 100 + d1)
     a = torch.randn(5, t, d1, generator=g, dtype=F64)
@@ -199,21 +232,43 @@ def test_chunked_sharded_resumed_equal_in_memory(tmp_path, c):
     model, task = tiny_lm(), SequenceTask()
     train, queries = token_data(29), token_data(6, seed=4)
     proj = ProjectionConfig(d1=4, d2=4, seed=1)
-    one = build_store(task, model, train, tmp_path / "one", proj, FactorConfig(c, "float64"),
-                      BuildConfig(batch_size=64, shard_size=1000, compute_dtype="float64", progress=False))
+    one = build_store(
+        task,
+        model,
+        train,
+        tmp_path / "one",
+        proj,
+        FactorConfig(c, "float64"),
+        BuildConfig(batch_size=64, shard_size=1000, compute_dtype="float64", progress=False),
+    )
     curvature = fit_curvature(one, CurvatureConfig(rank=6, method="exact"), F64, progress=False)
     expected = _in_memory_scores(model, task, train, queries, proj, c, curvature)
 
     flaky = Interrupting(train, fail_at=17)
     with pytest.raises(KeyboardInterrupt):
-        build_store(task, model, flaky, tmp_path / "many", proj, FactorConfig(c, "float64"),
-                    BuildConfig(batch_size=4, shard_size=5, compute_dtype="float64", progress=False))
-    resumed = build_store(task, model, flaky, tmp_path / "many", proj, FactorConfig(c, "float64"),
-                          BuildConfig(batch_size=4, shard_size=5, compute_dtype="float64", progress=False))
+        build_store(
+            task,
+            model,
+            flaky,
+            tmp_path / "many",
+            proj,
+            FactorConfig(c, "float64"),
+            BuildConfig(batch_size=4, shard_size=5, compute_dtype="float64", progress=False),
+        )
+    resumed = build_store(
+        task,
+        model,
+        flaky,
+        tmp_path / "many",
+        proj,
+        FactorConfig(c, "float64"),
+        BuildConfig(batch_size=4, shard_size=5, compute_dtype="float64", progress=False),
+    )
     assert len(resumed.manifest["shards"]) == 6
     for store, chunk in ((one, 1000), (resumed, 3)):
-        curv = fit_curvature(store, CurvatureConfig(rank=6, method="exact", chunk_size=chunk), F64,
-                             progress=False)
+        curv = fit_curvature(
+            store, CurvatureConfig(rank=6, method="exact", chunk_size=chunk), F64, progress=False
+        )
         for kernel in ("reconstruct", "factored"):
             cfg = ScoreConfig(progress=False, chunk_size=chunk, kernel=kernel, top_k=4)
             got = compute_scores(task, model, queries, store, curv, cfg, F64)

@@ -113,14 +113,23 @@ def build_store(
     rank = factors.rank
     capture = GradientCapture(model, specs_by_name, projection, _DTYPES[build.compute_dtype])
     with eval_mode(model):  # one probe batch tells which layers have no sequence axis
-        probe = next(iter_batches(dataset, 0, min(n, build.batch_size), build.batch_size, collate_fn))
+        probe = next(
+            iter_batches(dataset, 0, min(n, build.batch_size), build.batch_size, collate_fn)
+        )
         _capture_at(capture, task, probe, 0)
     layout = row_layout(specs, rank, frozenset(k for k, v in capture.flat_input.items() if v))
     header = {
-        "format": FORMAT, "version": VERSION, "kind": "dense" if rank is None else "lorif",
-        "rank": rank, "dtype": factors.dtype, "num_examples": n, "shard_size": build.shard_size,
-        "row_length": layout[-1]["offset"] + layout[-1]["length"], "layers": layout,
-        "projection": projection_header(projection), "model_fingerprint": model_fingerprint(model),
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "dense" if rank is None else "lorif",
+        "rank": rank,
+        "dtype": factors.dtype,
+        "num_examples": n,
+        "shard_size": build.shard_size,
+        "row_length": layout[-1]["offset"] + layout[-1]["length"],
+        "layers": layout,
+        "projection": projection_header(projection),
+        "model_fingerprint": model_fingerprint(model),
     }
     writer = StoreWriter(Path(path), header, overwrite=overwrite)
     if writer.manifest.get("complete"):
@@ -166,8 +175,9 @@ def query_gradients(
     """
     projection = ProjectionConfig(**store.manifest["projection"])
     specs_by_name = resolve_layers(model, task.tracked_modules(model), projection)
-    store.check_compatible(model_fingerprint(model), list(specs_by_name.values()),
-                           projection_header(projection))
+    store.check_compatible(
+        model_fingerprint(model), list(specs_by_name.values()), projection_header(projection)
+    )
     n = dataset_length(queries)
     capture = GradientCapture(model, specs_by_name, projection, dtype)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in specs_by_name}

@@ -26,8 +26,9 @@ from tamis.attribution.examples import load_factory
 from tamis.attribution.scoring import compute_scores
 from tamis.attribution.store import FactorStore
 
-app = typer.Typer(help="LoRIF training-data attribution (build a store, then query it).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="LoRIF training-data attribution (build a store, then query it).", no_args_is_help=True
+)
 console = Console()
 DEFAULT_TASK = "tamis.attribution.examples:fashion_cnn"
 TASK_HELP = "Task factory, module:function or file.py:function, returning a TaskBundle."
@@ -64,10 +65,14 @@ def build(
     try:
         b = _bundle(task, cache_dir, data_dir)
         s = build_store(
-            b.task, b.model, b.train, store,
+            b.task,
+            b.model,
+            b.train,
+            store,
             ProjectionConfig(d1=d1, d2=d2, seed=seed, kind=projection, clip_to_layer=clip),
             FactorConfig(rank=None if dense else rank_c, dtype=dtype),
-            BuildConfig(batch_size=batch_size, shard_size=shard_size), overwrite=overwrite,
+            BuildConfig(batch_size=batch_size, shard_size=shard_size),
+            overwrite=overwrite,
         )
     except (AttributionError, ValueError, FileNotFoundError) as err:
         _fail(err)
@@ -87,7 +92,9 @@ def _curvature_for(store: FactorStore, cfg: CurvatureConfig) -> Curvature:
 @app.command()
 def query(
     store: Path = typer.Option(..., help="Store folder built by `tamis attribute build`."),
-    out: Path = typer.Option(Path("scores.npz"), help="Output .npz (scores, top-k, self-influence)."),
+    out: Path = typer.Option(
+        Path("scores.npz"), help="Output .npz (scores, top-k, self-influence)."
+    ),
     task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
@@ -106,16 +113,25 @@ def query(
     try:
         s = FactorStore.open(store)
         kind = curvature if curvature != "auto" else ("dense" if s.rank is None else "lowrank")
-        cfg = CurvatureConfig(kind=kind, rank=rank_r, damping=damping, damping_mode=damping_mode,
-                              granularity=granularity)
+        cfg = CurvatureConfig(
+            kind=kind,
+            rank=rank_r,
+            damping=damping,
+            damping_mode=damping_mode,
+            granularity=granularity,
+        )
         curv = _curvature_for(s, cfg)
         b = _bundle(task, cache_dir, data_dir)
-        result = compute_scores(b.task, b.model, b.queries, s, curv,
-                                ScoreConfig(normalize=normalize, top_k=top_k))
-        arrays = {"scores": result.scores.numpy(), "helpful_indices": result.helpful.indices.numpy(),
-                  "helpful_scores": result.helpful.values.numpy(),
-                  "harmful_indices": result.harmful.indices.numpy(),
-                  "harmful_scores": result.harmful.values.numpy()}
+        result = compute_scores(
+            b.task, b.model, b.queries, s, curv, ScoreConfig(normalize=normalize, top_k=top_k)
+        )
+        arrays = {
+            "scores": result.scores.numpy(),
+            "helpful_indices": result.helpful.indices.numpy(),
+            "helpful_scores": result.helpful.values.numpy(),
+            "harmful_indices": result.harmful.indices.numpy(),
+            "harmful_scores": result.harmful.values.numpy(),
+        }
         if self_scores:
             arrays["self_influence"] = self_influence(s, curv).numpy()
     except (AttributionError, ValueError, FileNotFoundError) as err:
@@ -124,12 +140,16 @@ def query(
     tmp = out.with_name(f".{out.name}.tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(out)
-    console.print(f"{arrays['scores'].shape[0]} queries x {arrays['scores'].shape[1]} training "
-                  f"examples -> [bold]{out}[/] (load {result.timings['load_s']:.2f} s, "
-                  f"compute {result.timings['compute_s']:.2f} s)")
+    console.print(
+        f"{arrays['scores'].shape[0]} queries x {arrays['scores'].shape[1]} training "
+        f"examples -> [bold]{out}[/] (load {result.timings['load_s']:.2f} s, "
+        f"compute {result.timings['compute_s']:.2f} s)"
+    )
     for q in range(min(3, arrays["scores"].shape[0])):
-        console.print(f"query {q}: most helpful {arrays['helpful_indices'][q][:5].tolist()}, "
-                      f"most harmful {arrays['harmful_indices'][q][:5].tolist()}")
+        console.print(
+            f"query {q}: most helpful {arrays['helpful_indices'][q][:5].tolist()}, "
+            f"most harmful {arrays['harmful_indices'][q][:5].tolist()}"
+        )
 
 
 def _print_info(s: FactorStore) -> None:
@@ -138,11 +158,19 @@ def _print_info(s: FactorStore) -> None:
         table.add_column(col)
     energy = s.energy()
     for lay in s.layers:
-        table.add_row(lay["name"], str(lay["d1"]), str(lay["d2"]), str(lay["rank"]),
-                      str(lay["length"]), f"{energy.get(lay['name'], float('nan')):.4f}")
+        table.add_row(
+            lay["name"],
+            str(lay["d1"]),
+            str(lay["d2"]),
+            str(lay["rank"]),
+            str(lay["length"]),
+            f"{energy.get(lay['name'], float('nan')):.4f}",
+        )
     console.print(table)
-    console.print(f"N = {s.num_examples}, {s.bytes_per_example:.1f} bytes/example on disk, "
-                  f"{s.disk_bytes / 2**20:.2f} MiB in {len(s.manifest['shards'])} shard(s)")
+    console.print(
+        f"N = {s.num_examples}, {s.bytes_per_example:.1f} bytes/example on disk, "
+        f"{s.disk_bytes / 2**20:.2f} MiB in {len(s.manifest['shards'])} shard(s)"
+    )
 
 
 @app.command()

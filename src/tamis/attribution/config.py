@@ -65,7 +65,9 @@ class FactorConfig:
 
     def __post_init__(self) -> None:
         _check(self.rank is None or self.rank >= 1, f"rank c must be >= 1, got {self.rank}")
-        _check(self.dtype in STORE_DTYPES, f"dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
+        _check(
+            self.dtype in STORE_DTYPES, f"dtype must be one of {STORE_DTYPES}, got {self.dtype!r}"
+        )
 
     @property
     def dense(self) -> bool:
@@ -132,7 +134,9 @@ class CurvatureConfig:
         _check(self.kind in ("lowrank", "dense", "identity"), f"unknown kind {self.kind!r}")
         _check(self.rank >= 1, f"rank r must be >= 1, got {self.rank}")
         _check(self.damping > 0, f"damping must be > 0, got {self.damping}")
-        _check(self.damping_mode in ("relative", "absolute"), f"bad damping_mode {self.damping_mode!r}")
+        _check(
+            self.damping_mode in ("relative", "absolute"), f"bad damping_mode {self.damping_mode!r}"
+        )
         _check(self.granularity in ("layer", "model"), f"bad granularity {self.granularity!r}")
         _check(self.method in ("randomized", "exact"), f"bad method {self.method!r}")
         _check(self.oversample >= 0 and self.power_iters >= 0, "oversample, power_iters >= 0")
@@ -165,7 +169,9 @@ class ScoreConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.normalize in ("none", "cosine", "train_unit"), f"bad normalize {self.normalize!r}")
+        _check(
+            self.normalize in ("none", "cosine", "train_unit"), f"bad normalize {self.normalize!r}"
+        )
         _check(self.kernel in ("reconstruct", "factored"), f"bad kernel {self.kernel!r}")
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         _check(self.chunk_size >= 1 and self.batch_size >= 1, "chunk_size, batch_size >= 1")

@@ -101,10 +101,16 @@ class Curvature:
                 t = getattr(b, key)
                 if t is not None:
                     tensors[f"{i}.{key}"] = t.contiguous()
-            meta.append({"layers": b.layers, "dims": b.dims, "damping": b.damping,
-                         "trace": b.trace})
-        header = {"kind": self.kind, "config": json.dumps(self.config), "store_id": self.store_id,
-                  "blocks": json.dumps(meta), "extra": json.dumps(self.extra)}
+            meta.append(
+                {"layers": b.layers, "dims": b.dims, "damping": b.damping, "trace": b.trace}
+            )
+        header = {
+            "kind": self.kind,
+            "config": json.dumps(self.config),
+            "store_id": self.store_id,
+            "blocks": json.dumps(meta),
+            "extra": json.dumps(self.extra),
+        }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -129,14 +135,28 @@ class Curvature:
             raise StoreError(f"cannot read curvature file {path}: {err}") from err
         blocks = []
         for i, m in enumerate(json.loads(header["blocks"])):
-            blocks.append(CurvatureBlock(
-                m["layers"], m["dims"], m["damping"], m["trace"],
-                tensors.get(f"{i}.eigvecs"), tensors.get(f"{i}.eigvals"), tensors.get(f"{i}.inverse"),
-            ))
-        curv = cls(header["kind"], json.loads(header["config"]), blocks, header["store_id"],
-                   json.loads(header.get("extra", "{}")))
+            blocks.append(
+                CurvatureBlock(
+                    m["layers"],
+                    m["dims"],
+                    m["damping"],
+                    m["trace"],
+                    tensors.get(f"{i}.eigvecs"),
+                    tensors.get(f"{i}.eigvals"),
+                    tensors.get(f"{i}.inverse"),
+                )
+            )
+        curv = cls(
+            header["kind"],
+            json.loads(header["config"]),
+            blocks,
+            header["store_id"],
+            json.loads(header.get("extra", "{}")),
+        )
         if store is not None and store_identity(store) != curv.store_id:
-            raise StoreMismatchError(f"curvature {path} was fitted on another store than {store.path}")
+            raise StoreMismatchError(
+                f"curvature {path} was fitted on another store than {store.path}"
+            )
         return curv
 
 
@@ -158,7 +178,13 @@ class _Streamer:
     """One pass over the store per call, applying a function to every block's rows."""
 
     def __init__(self, store: FactorStore, blocks, cfg: CurvatureConfig, dtype, progress: bool):
-        self.store, self.blocks, self.cfg, self.dtype, self.progress = store, blocks, cfg, dtype, progress
+        self.store, self.blocks, self.cfg, self.dtype, self.progress = (
+            store,
+            blocks,
+            cfg,
+            dtype,
+            progress,
+        )
         self.passes = 0
 
     def run(self, fn, label: str) -> None:
@@ -168,6 +194,31 @@ class _Streamer:
         for chunk in track(chunks, label, total, self.progress):
             for b, (names, _) in enumerate(self.blocks):
                 fn(b, torch.cat([chunk.dense(name) for name in names], dim=1))
+
+
+def _fisher_times(stream: _Streamer, basis: dict, n: int, label: str) -> dict:
+    """F Q_b = G_b^T (G_b Q_b) / N for every block b in ``basis``, in one pass."""
+    acc: dict[int, torch.Tensor] = {}
+
+    def step(b: int, g: torch.Tensor) -> None:
+        if b in basis:
+            acc[b] = acc.get(b, 0) + g.T @ (g @ basis[b]) / n
+
+    stream.run(step, label)
+    return acc
+
+
+def _projected_fisher(stream: _Streamer, basis: dict, n: int) -> dict:
+    """Q_b^T F Q_b = (G_b Q_b)^T (G_b Q_b) / N for every block b in ``basis``, in one pass."""
+    acc: dict[int, torch.Tensor] = {}
+
+    def step(b: int, g: torch.Tensor) -> None:
+        if b in basis:
+            z = g @ basis[b]
+            acc[b] = acc.get(b, 0) + z.T @ z / n
+
+    stream.run(step, "curvature: projection")
+    return acc
 
 
 def fit_curvature(
@@ -191,17 +242,26 @@ def fit_curvature(
     eig: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
 
     if cfg.kind == "identity":
+
         def add_trace(b, g):
             trace[b] += float((g * g).sum()) / n
+
         stream.run(add_trace, "curvature: trace")
     else:
-        exact = [cfg.kind == "dense" or cfg.method == "exact" or cfg.rank + cfg.oversample >= D
-                 for D in dims]
+        exact = [
+            cfg.kind == "dense" or cfg.method == "exact" or cfg.rank + cfg.oversample >= D
+            for D in dims
+        ]
         fisher = [torch.zeros(D, D, dtype=dtype) if ex else None for D, ex in zip(dims, exact)]
         gen = torch.Generator().manual_seed(cfg.seed)
-        omega = [None if ex else torch.randn(D, cfg.rank + cfg.oversample, generator=gen,
-                                             dtype=torch.float64).to(dtype)
-                 for D, ex in zip(dims, exact)]
+        omega = [
+            None
+            if ex
+            else torch.randn(D, cfg.rank + cfg.oversample, generator=gen, dtype=torch.float64).to(
+                dtype
+            )
+            for D, ex in zip(dims, exact)
+        ]
         sketch = [None] * len(blocks)
 
         def first_pass(b, g):
@@ -220,22 +280,9 @@ def fit_curvature(
         if todo:
             basis = {b: torch.linalg.qr(sketch[b]).Q for b in todo}
             for it in range(cfg.power_iters):
-                acc: dict[int, torch.Tensor] = {}
-
-                def power(b, g, acc=acc):
-                    if b in basis:
-                        acc[b] = acc.get(b, 0) + g.T @ (g @ basis[b]) / n
-
-                stream.run(power, f"curvature: power {it + 1}")
-                basis = {b: torch.linalg.qr(acc[b]).Q for b in todo}
-            small: dict[int, torch.Tensor] = {}
-
-            def project(b, g):
-                if b in basis:
-                    z = g @ basis[b]
-                    small[b] = small.get(b, 0) + z.T @ z / n
-
-            stream.run(project, "curvature: projection")
+                applied = _fisher_times(stream, basis, n, f"curvature: power {it + 1}")
+                basis = {b: torch.linalg.qr(applied[b]).Q for b in todo}
+            small = _projected_fisher(stream, basis, n)
             for b in todo:
                 vals, vecs = torch.linalg.eigh(small[b])
                 eig[b] = (vals.flip(0).clamp_min(0), basis[b] @ vecs.flip(1))

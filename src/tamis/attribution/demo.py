@@ -78,52 +78,88 @@ def demo_section(out_dir: Path, data_dir: Path | None = None, n_train: int = 500
     """Train the demo CNN, build LoRIF (c = 1, 2, 4) and dense LoGRA stores, attribute."""
     torch.manual_seed(0)
     work = Path(out_dir) / "attribution"
-    bundle = fashion_cnn(cache_dir=work / "cache", data_dir=data_dir, n_train=n_train,
-                         n_queries=100, epochs=3)
+    bundle = fashion_cnn(
+        cache_dir=work / "cache", data_dir=data_dir, n_train=n_train, n_queries=100, epochs=3
+    )
     console = []
     if bundle.info["notice"]:
         console.append(f"[yellow]notice:[/] {bundle.info['notice']}")
-    console.append(f"model: SmallCNN on {len(bundle.train)} {bundle.info['dataset']} images, "
-                   f"test accuracy {bundle.info['test_accuracy']:.3f}")
+    console.append(
+        f"model: SmallCNN on {len(bundle.train)} {bundle.info['dataset']} images, "
+        f"test accuracy {bundle.info['test_accuracy']:.3f}"
+    )
     proj = ProjectionConfig(d1=32, d2=32, seed=0, clip_to_layer=True)
     build = BuildConfig(batch_size=250, shard_size=2500)
     score_cfg = ScoreConfig(top_k=SHOWN_EXAMPLES)
     results, rows = {}, []
     for method, c in [("LoGRA (dense)", None)] + [(f"LoRIF c={c}", c) for c in RANKS]:
         t0 = time.perf_counter()
-        store = build_store(bundle.task, bundle.model, bundle.train, work / f"store-{c or 'dense'}",
-                            proj, FactorConfig(rank=c, dtype="float16"), build, overwrite=True)
+        store = build_store(
+            bundle.task,
+            bundle.model,
+            bundle.train,
+            work / f"store-{c or 'dense'}",
+            proj,
+            FactorConfig(rank=c, dtype="float16"),
+            build,
+            overwrite=True,
+        )
         t_build = time.perf_counter() - t0
         kind = "dense" if c is None else "lowrank"
         curv = fit_curvature(store, CurvatureConfig(kind=kind, rank=64))
         result = compute_scores(bundle.task, bundle.model, bundle.queries, store, curv, score_cfg)
         results[method] = result
         energy = store.energy()
-        rows.append({"method": method, "bytes_per_example": store.bytes_per_example,
-                     "numbers_per_example": store.manifest["row_length"],
-                     "curvature_bytes": curv.memory_bytes, "build_s": t_build,
-                     "energy_conv": min(energy[n] for n in ("conv1", "conv2"))})
+        rows.append(
+            {
+                "method": method,
+                "bytes_per_example": store.bytes_per_example,
+                "numbers_per_example": store.manifest["row_length"],
+                "curvature_bytes": curv.memory_bytes,
+                "build_s": t_build,
+                "energy_conv": min(energy[n] for n in ("conv1", "conv2")),
+            }
+        )
     dense = rows[0]
     ref = results["LoGRA (dense)"].scores
     table = []
     for r in rows:
         rho, overlap = _agreement(results[r["method"]].scores, ref)
-        table.append([r["method"], r["numbers_per_example"], f"{r['bytes_per_example']:.0f}",
-                      f"{dense['bytes_per_example'] / r['bytes_per_example']:.1f}x",
-                      f"{r['curvature_bytes'] / 1024:.0f}", f"{r['energy_conv']:.3f}",
-                      f"{rho:.3f}", f"{overlap:.2f}", f"{r['build_s']:.1f}"])
-    header = ["method", "numbers/example", "bytes/example (disk)", "smaller than dense",
-              "curvature KiB", "min conv energy kept", "Spearman vs LoGRA", "top-10 overlap",
-              "build s"]
+        table.append(
+            [
+                r["method"],
+                r["numbers_per_example"],
+                f"{r['bytes_per_example']:.0f}",
+                f"{dense['bytes_per_example'] / r['bytes_per_example']:.1f}x",
+                f"{r['curvature_bytes'] / 1024:.0f}",
+                f"{r['energy_conv']:.3f}",
+                f"{rho:.3f}",
+                f"{overlap:.2f}",
+                f"{r['build_s']:.1f}",
+            ]
+        )
+    header = [
+        "method",
+        "numbers/example",
+        "bytes/example (disk)",
+        "smaller than dense",
+        "curvature KiB",
+        "min conv energy kept",
+        "Spearman vs LoGRA",
+        "top-10 overlap",
+        "build s",
+    ]
     _topk_figure(bundle, results["LoRIF c=1"], Path(out_dir) / "attribution_topk.png")
     _size_figure(rows, Path(out_dir) / "attribution_store_size.png")
     for line in table:
-        console.append(f"{line[0]:>14}: {line[2]:>6} bytes/example ({line[3]} smaller), "
-                       f"Spearman vs LoGRA {line[6]}, top-10 overlap {line[7]}")
+        console.append(
+            f"{line[0]:>14}: {line[2]:>6} bytes/example ({line[3]} smaller), "
+            f"Spearman vs LoGRA {line[6]}, top-10 overlap {line[7]}"
+        )
     notice = f"<p><b>Notice:</b> {bundle.info['notice']}</p>" if bundle.info["notice"] else ""
     body = f"""{notice}
 <p>A small CNN (two convolutions, two linear layers) trained on {len(bundle.train)}
-{bundle.info['dataset']} images (test accuracy {bundle.info['test_accuracy']:.3f}). Every layer is
+{bundle.info["dataset"]} images (test accuracy {bundle.info["test_accuracy"]:.3f}). Every layer is
 tracked with a two-sided Gaussian projection of at most 32 x 32 per layer. LoRIF stores rank-c
 factors of each projected per-example gradient (exact rank 1 for the linear layers; the
 convolutions' gradients sum over positions and are truncated at c); its curvature is the top-64

@@ -171,7 +171,7 @@ class LDSResult:
     n_subsets: int
 
     def to_dict(self, per_query: bool = False) -> dict:
-        """A JSON-ready dict (``per_query`` included on request)."""
+        """Return a JSON-ready dict (``per_query`` included on request)."""
         d = {k: v for k, v in asdict(self).items() if k != "per_query"}
         if per_query:
             d["per_query"] = [None if not np.isfinite(x) else float(x) for x in self.per_query]
@@ -238,7 +238,7 @@ class TailPatchResult:
     timings: dict = field(default_factory=dict)
 
     def to_dict(self, per_query: bool = False) -> dict:
-        """A JSON-ready dict (per-query gains included on request)."""
+        """Return a JSON-ready dict (per-query gains included on request)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("gain_top", "gain_random")}
         if per_query:
             d["gain_top"] = self.gain_top.tolist()
@@ -259,8 +259,16 @@ def tail_patch_summary(
         raise ValueError(f"gains must be two (Q,) arrays, got {top.shape}, {rnd.shape}")
     diff = top - rnd
     lo, hi = bootstrap_ci(diff, n_boot, level, seed)
-    return TailPatchResult(top, rnd, float(np.nanmean(top)), float(np.nanmean(rnd)),
-                           float(np.nanmean(diff)), lo, hi, float(np.mean(diff > 0)))
+    return TailPatchResult(
+        top,
+        rnd,
+        float(np.nanmean(top)),
+        float(np.nanmean(rnd)),
+        float(np.nanmean(diff)),
+        lo,
+        hi,
+        float(np.mean(diff > 0)),
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -341,8 +349,9 @@ def ground_truth(
         if path.exists():
             rows.append(np.load(path))
             continue
-        outs = [np.asarray(retrain(masks[m], m * n_seeds + s), dtype=np.float64)
-                for s in range(n_seeds)]
+        outs = [
+            np.asarray(retrain(masks[m], m * n_seeds + s), dtype=np.float64) for s in range(n_seeds)
+        ]
         row = np.mean(outs, axis=0)
         if row.ndim != 1 or not np.isfinite(row).all():
             raise ValueError(f"retraining subset {m} returned {row.shape} with non-finite values")
@@ -439,8 +448,12 @@ def tail_patch(
         for q, batch_q in track(enumerate(batches), "tail-patch", n_q, progress):
             base = measurement(batch_q, {**params, **buffers})
             gain_top[q] = step_gain(batch_q, base, top_indices[q, :k])
-            gain_rnd[q] = np.mean([step_gain(batch_q, base, rng.choice(n_train, k, replace=False))
-                                   for _ in range(n_random)])
+            gain_rnd[q] = np.mean(
+                [
+                    step_gain(batch_q, base, rng.choice(n_train, k, replace=False))
+                    for _ in range(n_random)
+                ]
+            )
     finally:
         model.train(was_training)
     result = tail_patch_summary(gain_top, gain_rnd, n_boot=n_boot, seed=seed)

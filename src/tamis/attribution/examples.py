@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import tempfile
 import warnings
@@ -58,7 +59,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(1, width, 5, stride=2, padding=2)
         self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
-        s = -(-(-(-side // 2)) // 2)
+        s = math.ceil(math.ceil(side / 2) / 2)  # two stride-2 convolutions
         self.fc1 = nn.Linear(2 * width * s * s, hidden)
         self.fc2 = nn.Linear(hidden, classes)
 
@@ -70,8 +71,13 @@ class SmallCNN(nn.Module):
 
 
 def train_classifier(
-    model: nn.Module, data: TensorDataset, epochs: int = 3, batch_size: int = 64,
-    lr: float = 2e-3, seed: int = 0, progress: bool = True,
+    model: nn.Module,
+    data: TensorDataset,
+    epochs: int = 3,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
 ) -> nn.Module:
     """Adam on cross-entropy, shuffled minibatches, deterministic given ``seed``."""
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +86,7 @@ def train_classifier(
     model.train()
     steps = [(e, i) for e in range(epochs) for i in range(0, len(y), batch_size)]
     order = None
-    for epoch, lo in track(steps, "train model", len(steps), progress):
+    for _epoch, lo in track(steps, "train model", len(steps), progress):
         if lo == 0:
             order = torch.randperm(len(y), generator=gen)
         idx = order[lo : lo + batch_size]
@@ -111,7 +117,9 @@ def _save_atomic(obj: dict, path: Path) -> None:
         raise
 
 
-def image_tensors(split: str, n: int, data_dir: Path | None, seed: int) -> tuple[TensorDataset, dict]:
+def image_tensors(
+    split: str, n: int, data_dir: Path | None, seed: int
+) -> tuple[TensorDataset, dict]:
     """The first ``n`` examples of a fixed permutation of a split, as (N, 1, H, W) tensors."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -119,8 +127,12 @@ def image_tensors(split: str, n: int, data_dir: Path | None, seed: int) -> tuple
     order = np.random.default_rng(seed).permutation(len(ds))[:n]
     x = torch.from_numpy(ds.images[order]).unsqueeze(1)
     y = torch.from_numpy(ds.labels[order])
-    info = {"dataset": ds.name, "classes": ds.classes, "indices": order,
-            "notice": "; ".join(str(w.message) for w in caught)}
+    info = {
+        "dataset": ds.name,
+        "classes": ds.classes,
+        "indices": order,
+        "notice": "; ".join(str(w.message) for w in caught),
+    }
     return TensorDataset(x, y), info
 
 

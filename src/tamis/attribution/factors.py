@@ -69,8 +69,10 @@ def low_rank_factors(a: torch.Tensor, b: torch.Tensor, rank: int) -> Factors:
 
     """
     if a.dim() != 3 or b.dim() != 3 or a.shape[:2] != b.shape[:2]:
-        raise ValueError(f"expected A (B,T,d1) and B (B,T,d2) with equal B, T; got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"expected A (B,T,d1) and B (B,T,d2) with equal B, T; got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if rank < 1:
         raise ValueError(f"rank c must be >= 1, got {rank}")
     n, t, d1 = a.shape

@@ -94,10 +94,20 @@ class Attributor:
         overwrite: bool = False,
     ) -> Attributor:
         """Build (or resume) the store of ``dataset`` and fit the preconditioner."""
-        self.store = build_store(self.task, self.model, dataset, self.path, self.projection,
-                                 self.factors, self.build_config, collate_fn, overwrite)
-        self.curvature = fit_curvature(self.store, self.curvature_config, self.compute_dtype,
-                                       self.build_config.progress)
+        self.store = build_store(
+            self.task,
+            self.model,
+            dataset,
+            self.path,
+            self.projection,
+            self.factors,
+            self.build_config,
+            collate_fn,
+            overwrite,
+        )
+        self.curvature = fit_curvature(
+            self.store, self.curvature_config, self.compute_dtype, self.build_config.progress
+        )
         self.curvature.save(self.path / f"curvature-{self.curvature.kind}.safetensors")
         return self
 
@@ -117,11 +127,13 @@ class Attributor:
         cfg = config or ScoreConfig(progress=self.build_config.progress)
         if self.method == "grad_cos" and cfg.normalize == "none":
             cfg = replace(cfg, normalize="cosine")
-        return compute_scores(self.task, self.model, queries, store, curvature, cfg,
-                              self.compute_dtype, collate_fn)
+        return compute_scores(
+            self.task, self.model, queries, store, curvature, cfg, self.compute_dtype, collate_fn
+        )
 
     def self_influence(self) -> torch.Tensor:
         """tau(i, i) for every training example."""
         store, curvature = self._fitted()
-        return self_influence(store, curvature, dtype=self.compute_dtype,
-                              progress=self.build_config.progress)
+        return self_influence(
+            store, curvature, dtype=self.compute_dtype, progress=self.build_config.progress
+        )

@@ -75,10 +75,18 @@ def layer_projections(
     spec: LayerSpec, cfg: ProjectionConfig, dtype: torch.dtype
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(P_in, P_out) for a layer; ``None`` on a side that is the identity."""
-    p_in = None if spec.in_identity else projection_matrix(
-        spec.in_dim, spec.d1, cfg.kind, _seed_for(cfg.seed, spec.name, "in"), dtype
+    p_in = (
+        None
+        if spec.in_identity
+        else projection_matrix(
+            spec.in_dim, spec.d1, cfg.kind, _seed_for(cfg.seed, spec.name, "in"), dtype
+        )
     )
-    p_out = None if spec.out_identity else projection_matrix(
-        spec.out_dim, spec.d2, cfg.kind, _seed_for(cfg.seed, spec.name, "out"), dtype
+    p_out = (
+        None
+        if spec.out_identity
+        else projection_matrix(
+            spec.out_dim, spec.d2, cfg.kind, _seed_for(cfg.seed, spec.name, "out"), dtype
+        )
     )
     return p_in, p_out

@@ -63,7 +63,9 @@ def _merge(best: TopK | None, vals: torch.Tensor, start: int, k: int, largest: b
 def _check_queries(queries: dict[str, torch.Tensor], store: FactorStore) -> int:
     names = store.layer_names
     if set(queries) != set(names):
-        raise StoreMismatchError(f"query gradients cover layers {sorted(queries)}, store has {names}")
+        raise StoreMismatchError(
+            f"query gradients cover layers {sorted(queries)}, store has {names}"
+        )
     sizes = {q.shape[0] for q in queries.values()}
     if len(sizes) != 1:
         raise ValueError(f"query gradients disagree on the number of queries: {sizes}")
@@ -79,7 +81,9 @@ def _check_queries(queries: dict[str, torch.Tensor], store: FactorStore) -> int:
     return sizes.pop()
 
 
-def _chunk_scores(chunk: StoreChunk, qt: dict[str, torch.Tensor], kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_scores(
+    chunk: StoreChunk, qt: dict[str, torch.Tensor], kernel: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (nq, n) of one chunk and its training gradients' squared norms (n,)."""
     total, norms = None, None
     for name, q in qt.items():
@@ -153,8 +157,9 @@ def compute_scores(
     """
     cfg = config or ScoreConfig()
     t0 = time.perf_counter()
-    grads = query_gradients(task, model, queries, store, cfg.batch_size, dtype, collate_fn,
-                            cfg.progress)
+    grads = query_gradients(
+        task, model, queries, store, cfg.batch_size, dtype, collate_fn, cfg.progress
+    )
     t_query = time.perf_counter() - t0
     result = score_gradients(grads, store, curvature, cfg, dtype)
     result.timings["query_gradients_s"] = t_query

@@ -35,10 +35,18 @@ FORMAT = "tamis.attribution.store"
 VERSION = 1
 MANIFEST = "manifest.json"
 
-_NUMPY_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64,
-                 "bfloat16": np.uint16}
-_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64,
-                 "bfloat16": torch.bfloat16}
+_NUMPY_DTYPES = {
+    "float16": np.float16,
+    "float32": np.float32,
+    "float64": np.float64,
+    "bfloat16": np.uint16,
+}
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def file_sha256(path: Path) -> str:
@@ -118,7 +126,9 @@ class FactorStore:
 
     # -- opening and checking -------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True, allow_incomplete: bool = False) -> FactorStore:
+    def open(
+        cls, path: str | Path, verify: bool = True, allow_incomplete: bool = False
+    ) -> FactorStore:
         """Open a store, checking its manifest, shard sizes and (``verify``) checksums.
 
         Raises:
@@ -304,8 +314,17 @@ class StoreWriter:
         existing = self.path / MANIFEST
         if existing.exists() and not overwrite:
             old = read_manifest(self.path)
-            keys = ("kind", "rank", "dtype", "num_examples", "shard_size", "layers", "projection",
-                    "model_fingerprint", "row_length")
+            keys = (
+                "kind",
+                "rank",
+                "dtype",
+                "num_examples",
+                "shard_size",
+                "layers",
+                "projection",
+                "model_fingerprint",
+                "row_length",
+            )
             diff = [k for k in keys if old.get(k) != header.get(k)]
             if diff:
                 raise StoreMismatchError(
@@ -315,8 +334,13 @@ class StoreWriter:
             self.manifest = old
             FactorStore(self.path, old).check_shards(checksums=True)
         else:
-            self.manifest = {**header, "shards": [], "complete": False, "energy_sum": {},
-                             "created": time.time()}
+            self.manifest = {
+                **header,
+                "shards": [],
+                "complete": False,
+                "energy_sum": {},
+                "created": time.time(),
+            }
             if existing.exists():
                 for shard in self.path.glob("shard-*.npy"):
                     shard.unlink()
@@ -327,7 +351,9 @@ class StoreWriter:
         """Number of shards already written."""
         return len(self.manifest["shards"])
 
-    def write_shard(self, index: int, start: int, rows: np.ndarray, energy: dict[str, float]) -> None:
+    def write_shard(
+        self, index: int, start: int, rows: np.ndarray, energy: dict[str, float]
+    ) -> None:
         """Atomically write shard ``index`` (rows for examples [start, start + len))."""
         if index != self.done:
             raise StoreError(f"shard {index} written out of order (expected {self.done})")
@@ -344,8 +370,14 @@ class StoreWriter:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        shard = {"index": index, "start": start, "stop": start + rows.shape[0], "file": name,
-                 "bytes": (self.path / name).stat().st_size, "sha256": digest}
+        shard = {
+            "index": index,
+            "start": start,
+            "stop": start + rows.shape[0],
+            "file": name,
+            "bytes": (self.path / name).stat().st_size,
+            "sha256": digest,
+        }
         self.manifest["shards"].append(shard)
         esum = self.manifest["energy_sum"]
         for k, v in energy.items():

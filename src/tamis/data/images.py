@@ -48,6 +48,7 @@ def read_idx(path: Path) -> np.ndarray:
 
     Raises:
         ValueError: if the header is malformed or the payload is truncated.
+
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -81,6 +82,7 @@ def load_fashion_mnist(split: str = "train", root: Path | None = None) -> ImageD
 
     Raises:
         DataNotFoundError: naming the Debian package, if the files are missing.
+
     """
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

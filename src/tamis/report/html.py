@@ -20,6 +20,7 @@ class Section:
             the report folder).
         console: Lines printed in the console summary.
         error: If the section failed, the error text (the report still renders).
+
     """
 
     title: str
@@ -31,7 +32,8 @@ class Section:
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{border-bottom:2px solid #444} h2{margin-top:2em;border-bottom:1px solid #bbb}
-table{border-collapse:collapse;margin:1em 0} td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 th{background:#f3f3f3} img{max-width:100%} .err{color:#a00;white-space:pre-wrap}
 code{background:#f5f5f5;padding:1px 3px}
 """
