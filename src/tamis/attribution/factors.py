@@ -5,7 +5,8 @@ With A = X P_in (T x d1) and B = dY P_out (T x d2), rank(G) <= min(T, d1, d2):
 * T <= c: store A^T and B^T themselves (zero-padded to c columns); exact.
 * T < min(d1, d2): thin QR of A^T and B^T, SVD of the small T x T core R1 R2^T; G is never
   formed.
-* otherwise: form G (cheaper than the QR path) and take its batched SVD.
+* otherwise: form G (cheaper than the QR path) and take the top-c eigenpairs of its smaller
+  Gram matrix (batched ``eigh``).
 
 The truncated SVD G ~ U_c S_c V_c^T is stored as L = U_c S_c^(1/2), R = V_c S_c^(1/2), so
 ||G - L R^T||_F^2 equals the sum of the discarded squared singular values.
@@ -86,5 +87,29 @@ def low_rank_factors(a: torch.Tensor, b: torch.Tensor, rank: int) -> Factors:
         u, s, vh = torch.linalg.svd(r1 @ r2.transpose(1, 2))
         left, right, energy = _from_svd(q1 @ u, s, vh @ q2.transpose(1, 2), rank)
         return Factors(left, right, energy)
-    u, s, vh = torch.linalg.svd(dense_gradients(a, b), full_matrices=False)
-    return Factors(*_from_svd(u, s, vh, rank))
+    return _factors_from_gram(dense_gradients(a, b), rank)
+
+
+def _factors_from_gram(g: torch.Tensor, rank: int) -> Factors:
+    """Top-c factors of G (B, d1, d2) from the eigenpairs of its smaller Gram matrix.
+
+    With V_c the top-c eigenvectors of G^T G (right singular vectors), G V_c V_c^T is the best
+    rank-c approximation; L = G V_c S_c^(-1/2), R = V_c S_c^(1/2). Batched ``eigh`` is about
+    twice as fast as batched ``svd`` for these small matrices.
+    """
+    flip = g.shape[1] < g.shape[2]
+    if flip:  # work with the smaller side as the "right" one
+        g = g.transpose(1, 2)
+    vals, vecs = torch.linalg.eigh(g.transpose(1, 2) @ g)  # ascending
+    k = min(rank, vals.shape[1])
+    top = vals.flip(1)[:, :k].clamp_min(0)
+    v = vecs.flip(2)[:, :, :k]
+    sigma = top.sqrt()
+    safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    left = (g @ v) / safe.sqrt()[:, None, :] * (sigma > 0)[:, None, :]
+    right = v * sigma.sqrt()[:, None, :]
+    total = vals.clamp_min(0).sum(1)
+    energy = torch.where(total > 0, top.sum(1) / total.clamp_min(torch.finfo(g.dtype).tiny), 1.0)
+    if flip:
+        left, right = right, left
+    return Factors(_pad(left, rank), _pad(right, rank), energy)
