@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first: an unpinned torch pulled by another package would be a multi-GB CUDA build.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(CONSTRAINTS)
+	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" 2>/dev/null > $(CONSTRAINTS)
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[all]'
 	@$(MAKE) --no-print-directory data
 	@touch $(STAMP)

@@ -39,7 +39,7 @@ def _bundle(task: str, cache_dir: Path, data_dir: Path | None):
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/] {err}")
+    console.print(f"[red]error:[/] {err}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -74,6 +74,44 @@ def _agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> tuple[float, fl
     return rho, float(overlap)
 
 
+def compare_stores(
+    bundle: TaskBundle, work: Path, ranks: tuple[int, ...] = RANKS, d: int = 32, rank_r: int = 64
+) -> tuple[list[dict], dict[str, ScoreResult]]:
+    """Build dense LoGRA and LoRIF (each c in ``ranks``) stores and score the queries.
+
+    Returns one row per method (store bytes per example measured on disk, curvature bytes,
+    build seconds, retained energy of the convolutions, agreement with LoGRA) and the scores.
+    """
+    proj = ProjectionConfig(d1=d, d2=d, seed=0, clip_to_layer=True)
+    build = BuildConfig(batch_size=250, shard_size=2500)
+    score_cfg = ScoreConfig(top_k=SHOWN_EXAMPLES)
+    results, rows = {}, []
+    for method, c in [("LoGRA (dense)", None)] + [(f"LoRIF c={c}", c) for c in ranks]:
+        t0 = time.perf_counter()
+        store = build_store(bundle.task, bundle.model, bundle.train, work / f"store-{c or 'dense'}",
+                            proj, FactorConfig(rank=c, dtype="float16"), build, overwrite=True)
+        t_build = time.perf_counter() - t0
+        kind = "dense" if c is None else "lowrank"
+        curv = fit_curvature(store, CurvatureConfig(kind=kind, rank=rank_r))
+        results[method] = compute_scores(bundle.task, bundle.model, bundle.queries, store, curv,
+                                         score_cfg)
+        energy = store.energy()
+        rows.append({"method": method, "c": c, "d": d, "r": rank_r if c else None,
+                     "n_train": store.num_examples, "dtype": "float16",
+                     "bytes_per_example": store.bytes_per_example,
+                     "numbers_per_example": store.manifest["row_length"],
+                     "curvature_bytes": curv.memory_bytes, "build_s": t_build,
+                     "energy": energy,
+                     "energy_conv": min(v for k, v in energy.items() if k.startswith("conv"))})
+    ref = results["LoGRA (dense)"].scores
+    for r in rows:
+        r["ratio_vs_dense"] = rows[0]["bytes_per_example"] / r["bytes_per_example"]
+        r["spearman_vs_logra"], r["top10_overlap_vs_logra"] = _agreement(
+            results[r["method"]].scores, ref
+        )
+    return rows, results
+
+
 def demo_section(out_dir: Path, data_dir: Path | None = None, n_train: int = 5000) -> Section:
     """Train the demo CNN, build LoRIF (c = 1, 2, 4) and dense LoGRA stores, attribute."""
     torch.manual_seed(0)
@@ -88,67 +126,14 @@ def demo_section(out_dir: Path, data_dir: Path | None = None, n_train: int = 500
         f"model: SmallCNN on {len(bundle.train)} {bundle.info['dataset']} images, "
         f"test accuracy {bundle.info['test_accuracy']:.3f}"
     )
-    proj = ProjectionConfig(d1=32, d2=32, seed=0, clip_to_layer=True)
-    build = BuildConfig(batch_size=250, shard_size=2500)
-    score_cfg = ScoreConfig(top_k=SHOWN_EXAMPLES)
-    results, rows = {}, []
-    for method, c in [("LoGRA (dense)", None)] + [(f"LoRIF c={c}", c) for c in RANKS]:
-        t0 = time.perf_counter()
-        store = build_store(
-            bundle.task,
-            bundle.model,
-            bundle.train,
-            work / f"store-{c or 'dense'}",
-            proj,
-            FactorConfig(rank=c, dtype="float16"),
-            build,
-            overwrite=True,
-        )
-        t_build = time.perf_counter() - t0
-        kind = "dense" if c is None else "lowrank"
-        curv = fit_curvature(store, CurvatureConfig(kind=kind, rank=64))
-        result = compute_scores(bundle.task, bundle.model, bundle.queries, store, curv, score_cfg)
-        results[method] = result
-        energy = store.energy()
-        rows.append(
-            {
-                "method": method,
-                "bytes_per_example": store.bytes_per_example,
-                "numbers_per_example": store.manifest["row_length"],
-                "curvature_bytes": curv.memory_bytes,
-                "build_s": t_build,
-                "energy_conv": min(energy[n] for n in ("conv1", "conv2")),
-            }
-        )
-    dense = rows[0]
-    ref = results["LoGRA (dense)"].scores
-    table = []
-    for r in rows:
-        rho, overlap = _agreement(results[r["method"]].scores, ref)
-        table.append(
-            [
-                r["method"],
-                r["numbers_per_example"],
-                f"{r['bytes_per_example']:.0f}",
-                f"{dense['bytes_per_example'] / r['bytes_per_example']:.1f}x",
-                f"{r['curvature_bytes'] / 1024:.0f}",
-                f"{r['energy_conv']:.3f}",
-                f"{rho:.3f}",
-                f"{overlap:.2f}",
-                f"{r['build_s']:.1f}",
-            ]
-        )
-    header = [
-        "method",
-        "numbers/example",
-        "bytes/example (disk)",
-        "smaller than dense",
-        "curvature KiB",
-        "min conv energy kept",
-        "Spearman vs LoGRA",
-        "top-10 overlap",
-        "build s",
-    ]
+    rows, results = compare_stores(bundle, work)
+    header = ["method", "numbers/example", "bytes/example (disk)", "smaller than dense",
+              "curvature KiB", "min conv energy kept", "Spearman vs LoGRA", "top-10 overlap",
+              "build s"]
+    table = [[r["method"], r["numbers_per_example"], f"{r['bytes_per_example']:.0f}",
+              f"{r['ratio_vs_dense']:.1f}x", f"{r['curvature_bytes'] / 1024:.0f}",
+              f"{r['energy_conv']:.3f}", f"{r['spearman_vs_logra']:.3f}",
+              f"{r['top10_overlap_vs_logra']:.2f}", f"{r['build_s']:.1f}"] for r in rows]
     _topk_figure(bundle, results["LoRIF c=1"], Path(out_dir) / "attribution_topk.png")
     _size_figure(rows, Path(out_dir) / "attribution_store_size.png")
     for line in table:

@@ -1,0 +1,118 @@
+"""Baselines in the same engine, and the CLI over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from attribution.testable_tasks import ClassificationTask, classification_data, mlp
+from tamis.attribution import Attributor, BuildConfig, ProjectionConfig, ScoreConfig
+from tamis.cli import app
+
+QUIET = BuildConfig(batch_size=5, shard_size=7, compute_dtype="float64", progress=False)
+TASK_FILE = str(Path(__file__).parent / "cli_task.py") + ":make"
+
+
+def _fit(tmp_path, method):
+    return Attributor(
+        ClassificationTask(),
+        mlp(),
+        tmp_path / method,
+        method=method,
+        projection=ProjectionConfig(d1=4, d2=3),
+        dtype="float64",
+        build=QUIET,
+        compute_dtype=torch.float64,
+    ).fit(classification_data(15))
+
+
+def test_grad_dot_and_cosine_are_plain_inner_products(tmp_path):
+    dense = _fit(tmp_path, "logra")
+    names = dense.store.layer_names
+    g = torch.cat(
+        [
+            torch.cat([c.dense(n) for n in names], 1)
+            for c in dense.store.iter_chunks(100, torch.float64)
+        ]
+    )
+    assert g.shape[0] == 15
+    queries = classification_data(3, seed=2)
+    from tamis.attribution import query_gradients
+
+    q = query_gradients(
+        ClassificationTask(), dense.model, queries, dense.store, dtype=torch.float64, progress=False
+    )
+    q = torch.cat([q[n] for n in dense.store.layer_names], 1)
+    cfg = ScoreConfig(progress=False)
+    dot = _fit(tmp_path, "grad_dot").score(queries, cfg).scores
+    torch.testing.assert_close(dot, q @ g.T)
+    cos = _fit(tmp_path, "grad_cos").score(queries, cfg).scores
+    expected = (q / q.norm(dim=1, keepdim=True)) @ (g / g.norm(dim=1, keepdim=True)).T
+    torch.testing.assert_close(cos, expected)
+    assert cos.abs().max() <= 1 + 1e-9
+
+
+def test_cli_build_info_query_verify(tmp_path):
+    runner = CliRunner()
+    store = str(tmp_path / "store")
+    res = runner.invoke(
+        app,
+        [
+            "attribute",
+            "build",
+            "--task",
+            TASK_FILE,
+            "--store",
+            store,
+            "--d1",
+            "4",
+            "--d2",
+            "3",
+            "--rank-c",
+            "1",
+            "--dtype",
+            "float32",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "bytes/example" in res.output
+    res = runner.invoke(app, ["attribute", "info", "--store", store])
+    assert res.exit_code == 0 and "fc" not in res.output and "N = 13" in res.output
+    out = tmp_path / "scores.npz"
+    res = runner.invoke(
+        app,
+        [
+            "attribute",
+            "query",
+            "--task",
+            TASK_FILE,
+            "--store",
+            store,
+            "--out",
+            str(out),
+            "--rank-r",
+            "4",
+            "--top-k",
+            "2",
+            "--self-scores",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    arrays = np.load(out)
+    assert arrays["scores"].shape == (3, 13)
+    assert arrays["helpful_indices"].shape == (3, 2)
+    assert arrays["self_influence"].shape == (13,)
+    np.testing.assert_array_equal(arrays["helpful_indices"][:, 0], arrays["scores"].argmax(1))
+    res = runner.invoke(app, ["attribute", "verify", "--store", store])
+    assert res.exit_code == 0 and "verified" in res.output
+
+
+def test_cli_errors_are_named(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", str(tmp_path)])
+    assert res.exit_code == 2 and "not a tamis store" in res.output
+    res = runner.invoke(app, ["attribute", "build", "--task", "nonsense", "--store", str(tmp_path)])
+    assert res.exit_code == 2 and "module:function" in res.output
