@@ -278,3 +278,28 @@ def test_chunked_sharded_resumed_equal_in_memory(tmp_path, c):
             assert torch.equal(got.helpful.indices, top.indices)
             low = torch.topk(expected, 4, dim=1, largest=False)
             assert torch.equal(got.harmful.indices, low.indices)
+
+
+def test_isotropic_tail_option(tmp_path):
+    model, task = tiny_lm(vocab=9, width=10), SequenceTask()
+    store = build_store(task, model, token_data(40, vocab=9), tmp_path / "s",
+                        ProjectionConfig(d1=5, d2=5, seed=0), FactorConfig(rank=5, dtype="float64"),
+                        QUIET)
+    exact = fit_curvature(store, CurvatureConfig(kind="dense"), F64, progress=False)
+    full = fit_curvature(store, CurvatureConfig(rank=25, tail="isotropic", method="exact"), F64,
+                         progress=False)
+    part = fit_curvature(store, CurvatureConfig(rank=6, tail="isotropic", method="exact"), F64,
+                         progress=False)
+    q = {n: torch.randn(3, 25, dtype=F64) for n in store.layer_names}
+    want, got = exact.precondition(q), full.precondition(q)
+    for n in store.layer_names:
+        torch.testing.assert_close(got[n], want[n])  # r = D: no tail, exact
+    for block in part.blocks:
+        v, s2, lam, tau = block.eigvecs, block.eigvals, block.damping, block.tail
+        assert tau > 0
+        proj = v @ v.T
+        model_f = v @ torch.diag(s2) @ v.T + tau * (torch.eye(25, dtype=F64) - proj)
+        expected = q[block.layers[0]] @ torch.linalg.inv(model_f + lam * torch.eye(25, dtype=F64))
+        torch.testing.assert_close(part.precondition(q)[block.layers[0]], expected)
+        # trace is preserved by the isotropic tail model
+        assert float(torch.trace(model_f)) == pytest.approx(block.trace, rel=1e-9)

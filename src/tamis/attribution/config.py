@@ -129,9 +129,11 @@ class CurvatureConfig:
     power_iters: int = 2
     seed: int = 0
     chunk_size: int = 4096
+    tail: Literal["none", "isotropic"] = "none"
 
     def __post_init__(self) -> None:
         _check(self.kind in ("lowrank", "dense", "identity"), f"unknown kind {self.kind!r}")
+        _check(self.tail in ("none", "isotropic"), f"bad tail {self.tail!r}")
         _check(self.rank >= 1, f"rank r must be >= 1, got {self.rank}")
         _check(self.damping > 0, f"damping must be > 0, got {self.damping}")
         _check(

@@ -45,6 +45,7 @@ class CurvatureBlock:
     eigvecs: torch.Tensor | None = None  # (D, r), lowrank
     eigvals: torch.Tensor | None = None  # (r,), eigenvalues of F
     inverse: torch.Tensor | None = None  # (D, D), dense
+    tail: float = 0.0  # isotropic level of the discarded spectrum (0 = the paper's form)
 
     @property
     def dim(self) -> int:
@@ -59,8 +60,9 @@ class CurvatureBlock:
             return q @ self.inverse.to(q.dtype)
         v = self.eigvecs.to(q.dtype)
         s2 = self.eigvals.to(q.dtype)
-        w = s2 / (s2 + self.damping)
-        return (q - ((q @ v) * w) @ v.T) / self.damping
+        coef = q @ v
+        inside = (coef / (s2 + self.damping)) @ v.T
+        return inside + (q - coef @ v.T) / (self.damping + self.tail)
 
 
 @dataclass
@@ -144,6 +146,7 @@ class Curvature:
                     tensors.get(f"{i}.eigvecs"),
                     tensors.get(f"{i}.eigvals"),
                     tensors.get(f"{i}.inverse"),
+                    m.get("tail", 0.0),
                 )
             )
         curv = cls(
@@ -298,6 +301,8 @@ def fit_curvature(
             vals, vecs = eig[b]
             r = min(cfg.rank, D)
             block.eigvals, block.eigvecs = vals[:r].contiguous(), vecs[:, :r].contiguous()
+            if cfg.tail == "isotropic" and r < D:
+                block.tail = max(0.0, (trace[b] - float(vals[:r].sum())) / (D - r))
         elif cfg.kind == "dense":
             vals, vecs = eig[b]
             block.inverse = (vecs / (vals + lam)) @ vecs.T
