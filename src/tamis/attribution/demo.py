@@ -92,17 +92,20 @@ def compare_stores(
                             proj, FactorConfig(rank=c, dtype="float16"), build, overwrite=True)
         t_build = time.perf_counter() - t0
         kind = "dense" if c is None else "lowrank"
-        curv = fit_curvature(store, CurvatureConfig(kind=kind, rank=rank_r))
-        results[method] = compute_scores(bundle.task, bundle.model, bundle.queries, store, curv,
-                                         score_cfg)
-        energy = store.energy()
-        rows.append({"method": method, "c": c, "d": d, "r": rank_r if c else None,
-                     "n_train": store.num_examples, "dtype": "float16",
-                     "bytes_per_example": store.bytes_per_example,
-                     "numbers_per_example": store.manifest["row_length"],
-                     "curvature_bytes": curv.memory_bytes, "build_s": t_build,
-                     "energy": energy,
-                     "energy_conv": min(v for k, v in energy.items() if k.startswith("conv"))})
+        # the largest c also with r = D, which separates factor error from curvature error
+        for r in [rank_r] + ([None] if c == max(ranks) else []):
+            name = method if r == rank_r else f"{method}, r=D"
+            curv = fit_curvature(store, CurvatureConfig(kind=kind, rank=r or 1_000_000))
+            results[name] = compute_scores(bundle.task, bundle.model, bundle.queries, store,
+                                           curv, score_cfg)
+            energy = store.energy()
+            rows.append({"method": name, "c": c, "d": d, "r": (r or "D") if c else None,
+                         "n_train": store.num_examples, "dtype": "float16",
+                         "bytes_per_example": store.bytes_per_example,
+                         "numbers_per_example": store.manifest["row_length"],
+                         "curvature_bytes": curv.memory_bytes, "build_s": t_build,
+                         "energy": energy,
+                         "energy_conv": min(v for k, v in energy.items() if k.startswith("conv"))})
     ref = results["LoGRA (dense)"].scores
     for r in rows:
         r["ratio_vs_dense"] = rows[0]["bytes_per_example"] / r["bytes_per_example"]
