@@ -1,0 +1,257 @@
+"""Competing libraries on the cached benchmark settings; runs in benchmarks/.venv-bench.
+
+    benchmarks/.venv-bench/bin/python benchmarks/attribution/anchors.py \
+        --setting fmnist_mlp --method traker --cache benchmarks/cache/fmnist_mlp \
+        --out OUT --options '{"proj_dim": 1024}'
+
+Reads the cached model (model.pt + meta.json) and data (*.npy) written by the setting's
+script, writes OUT/scores.npy ((Q, N), positive = helpful: lowers the query's loss) and
+OUT/info.json (timings, bytes, peak RSS). Imports torch and the anchor only, not tamis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import MLP  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def load_setting(cache: Path):
+    meta = json.loads((cache / "meta.json").read_text())
+    if meta["arch"] != "mlp":
+        raise NotImplementedError(f"arch {meta['arch']}")
+    model = MLP(meta["hidden"])
+    model.load_state_dict(torch.load(cache / "model.pt"))
+    model.eval()
+    x = torch.from_numpy(np.load(cache / "train_x.npy"))
+    y = torch.from_numpy(np.load(cache / "train_y.npy"))
+    xq = torch.from_numpy(np.load(cache / "query_x.npy"))
+    yq = torch.from_numpy(np.load(cache / "query_y.npy"))
+    return model, TensorDataset(x, y), TensorDataset(xq, yq)
+
+
+# -- dattri ------------------------------------------------------------------------------
+def run_dattri_logra(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray, dict]:
+    from dattri.algorithm.logra import LoGraAttributor
+    from dattri.task import AttributionTask
+
+    def loss_func(m, batch, device):
+        x, y = batch
+        return F.cross_entropy(m(x.to(device)), y.to(device), reduction="sum")
+
+    task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
+    cache_dir = out / "dattri_cache"  # else dattri writes batch_metadata.json to the cwd
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    cache_dir.mkdir(parents=True)
+    att = LoGraAttributor(task, layer_names=["fc1", "fc2"], hessian="eFIM", device="cpu",
+                          proj_dim=opts["proj_dim_per_layer"], offload="cpu",
+                          cache_dir=str(cache_dir))
+    # dattri 0.3.0 LoGra fails on 2-D inputs (IndexError); known workaround: an extra
+    # leading dimension, flattened by the model's nn.Flatten
+    train = TensorDataset(train.tensors[0].unsqueeze(1), train.tensors[1])
+    queries = TensorDataset(queries.tensors[0].unsqueeze(1), queries.tensors[1])
+    tl = DataLoader(train, batch_size=500, shuffle=False)
+    ql = DataLoader(queries, batch_size=1, shuffle=False)
+    t0 = time.perf_counter()
+    att.cache(tl)
+    t_cache = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s = att.attribute(tl, ql)  # (N, Q)
+    t_attr = time.perf_counter() - t0
+    n = len(train)
+    return s.T.numpy().astype(np.float64), {
+        "config": f"proj_dim_per_layer={opts['proj_dim_per_layer']}",
+        "D": opts["proj_dim_per_layer"],
+        "build_s": t_cache, "index_throughput_ex_per_s": n / t_cache,
+        "store_bytes_per_example": 4.0 * att.total_proj_dim,
+        "store_note": "offload=cpu (float32 projected gradients in memory), computed; "
+                      "offload=disk fails on CPU-only torch (pin_memory needs CUDA)",
+        "query_warm": {"total_s": t_attr, "note": "attribute() incl. preconditioning"},
+    }
+
+
+def run_dattri_trak(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray, dict]:
+    from dattri.algorithm.trak import TRAKAttributor
+    from dattri.task import AttributionTask
+
+    def loss_func(params, data):
+        x, y = data
+        logits = torch.func.functional_call(model, params, x.unsqueeze(0))
+        logp = -F.cross_entropy(logits, y.unsqueeze(0))
+        return logp - torch.log(1 - torch.exp(logp))
+
+    # dattri passes already unflattened params (its docstring's @flatten_func breaks 0.3.0)
+    def correct_prob(params, data):
+        x, y = data
+        logits = torch.func.functional_call(model, params, x.unsqueeze(0))
+        return torch.exp(-F.cross_entropy(logits, y.unsqueeze(0)))
+
+    task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
+    att = TRAKAttributor(task, correct_prob, device="cpu",
+                         projector_kwargs={"device": "cpu", "proj_dim": opts["proj_dim"]})
+    tl = DataLoader(train, batch_size=250, shuffle=False)
+    ql = DataLoader(queries, batch_size=50, shuffle=False)
+    t0 = time.perf_counter()
+    att.cache(tl)
+    t_cache = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s = att.attribute(ql)  # (N, Q)
+    t_attr = time.perf_counter() - t0
+    n = len(train)
+    return s.T.numpy().astype(np.float64), {
+        "config": f"proj_dim={opts['proj_dim']}", "D": opts["proj_dim"],
+        "build_s": t_cache, "index_throughput_ex_per_s": n / t_cache,
+        "store_bytes_per_example": 4.0 * opts["proj_dim"],
+        "store_note": "in memory (float32 projected features), computed not measured",
+        "query_warm": {"total_s": t_attr},
+    }
+
+
+# -- traker ------------------------------------------------------------------------------
+def run_traker(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray, dict]:
+    from trak import TRAKer
+    from trak.projectors import BasicProjector, ProjectionType
+
+    save = out / "trak_results"
+    shutil.rmtree(save, ignore_errors=True)
+    grad_dim = sum(p.numel() for p in model.parameters())
+    proj = BasicProjector(grad_dim=grad_dim, proj_dim=opts["proj_dim"], seed=0,
+                          proj_type=ProjectionType.rademacher, device="cpu")
+    n, q = len(train), len(queries)
+    tr = TRAKer(model=model, task="image_classification", train_set_size=n, save_dir=str(save),
+                device="cpu", projector=proj, proj_dim=opts["proj_dim"],
+                use_half_precision=True, lambda_reg=opts.get("lambda_reg", 0.0))
+    t0 = time.perf_counter()
+    tr.load_checkpoint(model.state_dict(), model_id=0)
+    for x, y in DataLoader(train, batch_size=250, shuffle=False):
+        tr.featurize(batch=(x, y), num_samples=x.shape[0])
+    tr.finalize_features()
+    t_build = time.perf_counter() - t0
+    stored = folder_bytes(save)
+    t0 = time.perf_counter()
+    tr.start_scoring_checkpoint(exp_name="q", checkpoint=model.state_dict(), model_id=0,
+                                num_targets=q)
+    for x, y in DataLoader(queries, batch_size=50, shuffle=False):
+        tr.score(batch=(x, y), num_samples=x.shape[0])
+    s = tr.finalize_scores(exp_name="q")  # (N, Q)
+    t_score = time.perf_counter() - t0
+    return np.asarray(s, dtype=np.float64).T, {
+        "config": f"proj_dim={opts['proj_dim']}", "D": opts["proj_dim"],
+        "build_s": t_build, "index_throughput_ex_per_s": n / t_build,
+        "store_bytes_per_example": stored / n,
+        "store_note": "whole save_dir after finalize_features (features, out-to-loss, "
+                      "XtX inverse features)",
+        "query_warm": {"total_s": t_score},
+    }
+
+
+# -- kronfluence -------------------------------------------------------------------------
+def run_kronfluence(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray, dict]:
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+
+    class KTask(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            x, y = batch
+            logits = model(x)
+            if sample:
+                with torch.no_grad():
+                    y = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
+            return F.cross_entropy(logits, y, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            x, y = batch
+            return F.cross_entropy(model(x), y, reduction="sum")
+
+        def get_influence_tracked_modules(self):
+            return ["fc1", "fc2"]
+
+    task = KTask()
+    model = prepare_model(model, task)
+    save = out / "kronfluence"
+    shutil.rmtree(save, ignore_errors=True)
+    analyzer = Analyzer(analysis_name="bench", model=model, task=task, cpu=True,
+                        output_dir=str(save), disable_tqdm=True)
+    t0 = time.perf_counter()
+    analyzer.fit_all_factors(factors_name="ekfac", dataset=train,
+                             factor_args=FactorArguments(strategy="ekfac"),
+                             per_device_batch_size=500, overwrite_output_dir=True)
+    t_fit = time.perf_counter() - t0
+    factors_bytes = folder_bytes(save)
+    t0 = time.perf_counter()
+    analyzer.compute_pairwise_scores(scores_name="s", factors_name="ekfac", query_dataset=queries,
+                                     train_dataset=train, per_device_query_batch_size=100,
+                                     per_device_train_batch_size=500,
+                                     score_args=ScoreArguments(damping_factor=None),
+                                     overwrite_output_dir=True)
+    t_score = time.perf_counter() - t0
+    s = analyzer.load_pairwise_scores("s")["all_modules"]  # (Q, N)
+    n = len(train)
+    return s.numpy().astype(np.float64), {
+        "config": "ekfac, damping_factor=None (0.1 x mean eigenvalue)",
+        "build_s": t_fit, "index_throughput_ex_per_s": n / t_fit,
+        "store_bytes_per_example": None,
+        "store_note": "stores no per-example data: training gradients recomputed per query batch",
+        "curvature_bytes": factors_bytes,
+        "query_warm": {"total_s": t_score, "note": "recomputes all training gradients"},
+    }
+
+
+RUNNERS = {"dattri_logra": run_dattri_logra, "dattri_trak": run_dattri_trak,
+           "traker": run_traker, "kronfluence_ekfac": run_kronfluence}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--setting", required=True)
+    p.add_argument("--method", required=True, choices=sorted(RUNNERS))
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--options", default="{}")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    opts = json.loads(args.options)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model, train, queries = load_setting(args.cache)
+    import importlib.metadata as md
+
+    pkg = {"dattri_logra": "dattri", "dattri_trak": "dattri", "traker": "traker",
+           "kronfluence_ekfac": "kronfluence"}[args.method]
+    scores, info = RUNNERS[args.method](model, train, queries, args.out, opts)
+    info.update(package=f"{pkg}=={md.version(pkg)}", torch=torch.__version__,
+                torch_threads=torch.get_num_threads(), peak_rss_mb=peak_rss_mb(), **opts)
+    if scores.shape != (len(queries), len(train)):
+        want = (len(queries), len(train))
+        raise RuntimeError(f"scores have shape {scores.shape}, expected {want}")
+    np.save(args.out / "scores.npy", scores)
+    (args.out / "info.json").write_text(json.dumps(info, indent=1))
+    for sub in ("dattri_cache", "trak_results", "kronfluence"):
+        shutil.rmtree(args.out / sub, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
