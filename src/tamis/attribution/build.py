@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from tamis._progress import track
@@ -87,7 +88,9 @@ def build_store(
 
     The build is resumable: rerunning it with the same model, data size and configs skips
     the shards already on disk. A folder holding a different store is refused unless
-    ``overwrite``.
+    ``overwrite``. Under ``torch.distributed`` (e.g. ``torchrun``; gloo on CPU, nccl on GPU)
+    every rank calls this with the same arguments and writes every ``world_size``-th shard;
+    rank 0 merges the manifest. The result is identical to a single-process build.
 
     Args:
         task: Supplies per-example training losses and the tracked modules.
@@ -131,13 +134,19 @@ def build_store(
         "projection": projection_header(projection),
         "model_fingerprint": model_fingerprint(model),
     }
-    writer = StoreWriter(Path(path), header, overwrite=overwrite)
+    rank_id, world = _process_group()
+    if rank_id == 0:
+        writer = StoreWriter(Path(path), header, overwrite=overwrite)
+    _barrier(world)
+    if rank_id != 0:
+        writer = StoreWriter(Path(path), header, overwrite=False, process_rank=rank_id)
     if writer.manifest.get("complete"):
         return FactorStore(writer.path, writer.manifest)
     starts = list(range(0, n, build.shard_size))
-    todo = range(writer.done, len(starts))
+    todo = [i for i in range(len(starts)) if i % world == rank_id and i not in writer.done]
+    label = f"build {header['kind']} store" + (f" (rank {rank_id}/{world})" if world > 1 else "")
     with eval_mode(model):
-        for index in track(todo, f"build {header['kind']} store", len(todo), build.progress):
+        for index in track(todo, label, len(todo), build.progress):
             start, stop = starts[index], min(starts[index] + build.shard_size, n)
             rows, energy = [], {s.name: 0.0 for s in specs}
             batches = iter_batches(dataset, start, stop, build.batch_size, collate_fn)
@@ -154,7 +163,23 @@ def build_store(
                     "the task's losses must have one entry per example"
                 )
             writer.write_shard(index, start, block, energy)
-    return writer.finish()
+    _barrier(world)
+    if rank_id == 0:
+        writer.finish(len(starts))
+    _barrier(world)
+    return FactorStore.open(path, verify=False)
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, or (0, 1) when not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
 
 
 def query_gradients(

@@ -61,7 +61,12 @@ def build(
     shard_size: int = typer.Option(4096, help="Examples per shard file."),
     overwrite: bool = typer.Option(False, help="Replace an incompatible store at --store."),
 ) -> None:
-    """Capture per-example projected gradients of the training set into a store."""
+    """Capture per-example projected gradients of the training set into a store.
+
+    Scale out with torchrun: ``torchrun --nproc-per-node 4 -m tamis.cli attribute build ...``
+    (gloo on CPU, nccl on GPU); each rank writes its share of the shards.
+    """
+    _init_distributed()
     try:
         b = _bundle(task, cache_dir, data_dir)
         s = build_store(
@@ -76,7 +81,21 @@ def build(
         )
     except (AttributionError, ValueError, FileNotFoundError) as err:
         _fail(err)
-    _print_info(s)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        _print_info(s)
+
+
+def _init_distributed() -> None:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _curvature_for(store: FactorStore, cfg: CurvatureConfig) -> Curvature:

@@ -199,8 +199,13 @@ class FactorStore:
 
     def energy(self) -> dict[str, float]:
         """Mean fraction of ||G_i||_F^2 kept by the rank-c factors, per layer."""
-        n = max(self.num_examples, 1)
-        return {k: v / n for k, v in self.manifest.get("energy_sum", {}).items()}
+        total: dict[str, float] = {}
+        count = 0
+        for shard in self.manifest["shards"]:
+            count += shard["stop"] - shard["start"]
+            for k, v in shard.get("energy", {}).items():
+                total[k] = total.get(k, 0.0) + v
+        return {k: v / max(count, 1) for k, v in total.items()}
 
     # -- reading ----------------------------------------------------------------------------
     def _shard_array(self, shard: dict) -> np.ndarray:
@@ -306,57 +311,65 @@ def read_manifest(path: Path) -> dict:
 
 
 class StoreWriter:
-    """Writes shards atomically and keeps the manifest current; resumes partial builds."""
+    """Writes shards atomically and keeps the manifest current; resumes partial builds.
 
-    def __init__(self, path: Path, header: dict, overwrite: bool = False) -> None:
+    Each shard is written as ``shard-XXXXX.npy`` plus a ``shard-XXXXX.json`` sidecar (its
+    manifest entry), both atomically. A rerun treats every shard whose sidecar and checksum
+    agree as done. Under ``torch.distributed`` each rank writes its own shards and sidecars;
+    rank 0 alone writes the manifest, merging the sidecars when every rank has finished.
+    """
+
+    KEYS = ("kind", "rank", "dtype", "num_examples", "shard_size", "layers", "projection",
+            "model_fingerprint", "row_length")
+
+    def __init__(self, path: Path, header: dict, overwrite: bool = False,
+                 process_rank: int = 0) -> None:
         self.path = Path(path)
+        self.process_rank = process_rank
         self.path.mkdir(parents=True, exist_ok=True)
         existing = self.path / MANIFEST
         if existing.exists() and not overwrite:
             old = read_manifest(self.path)
-            keys = (
-                "kind",
-                "rank",
-                "dtype",
-                "num_examples",
-                "shard_size",
-                "layers",
-                "projection",
-                "model_fingerprint",
-                "row_length",
-            )
-            diff = [k for k in keys if old.get(k) != header.get(k)]
+            diff = [k for k in self.KEYS if old.get(k) != header.get(k)]
             if diff:
                 raise StoreMismatchError(
                     f"{self.path} already holds a store with different {diff}; refusing to "
                     "overwrite it (pass overwrite=True or choose another folder)"
                 )
             self.manifest = old
-            FactorStore(self.path, old).check_shards(checksums=True)
+            self.manifest["shards"] = self._valid_shards()
         else:
-            self.manifest = {
-                **header,
-                "shards": [],
-                "complete": False,
-                "energy_sum": {},
-                "created": time.time(),
-            }
-            if existing.exists():
-                for shard in self.path.glob("shard-*.npy"):
-                    shard.unlink()
+            if process_rank != 0:
+                raise StoreError(f"rank {process_rank} found no manifest in {self.path}")
+            self.manifest = {**header, "shards": [], "complete": False, "created": time.time()}
+            for old_file in [*self.path.glob("shard-*.npy"), *self.path.glob("shard-*.json")]:
+                old_file.unlink()
             write_json_atomic(existing, self.manifest)
 
+    def _valid_shards(self) -> list[dict]:
+        """Shards on disk whose sidecar, size and checksum agree (others are redone)."""
+        shards = []
+        for sidecar in sorted(self.path.glob("shard-*.json")):
+            try:
+                entry = json.loads(sidecar.read_text())
+                f = self.path / entry["file"]
+                if f.stat().st_size == entry["bytes"] and file_sha256(f) == entry["sha256"]:
+                    shards.append(entry)
+            except (OSError, ValueError, KeyError):
+                continue
+        return sorted(shards, key=lambda e: e["index"])
+
     @property
-    def done(self) -> int:
-        """Number of shards already written."""
-        return len(self.manifest["shards"])
+    def done(self) -> set[int]:
+        """Indices of the shards already written."""
+        return {s["index"] for s in self.manifest["shards"]}
 
     def write_shard(
         self, index: int, start: int, rows: np.ndarray, energy: dict[str, float]
     ) -> None:
         """Atomically write shard ``index`` (rows for examples [start, start + len))."""
-        if index != self.done:
-            raise StoreError(f"shard {index} written out of order (expected {self.done})")
+        if index in self.done:
+            raise StoreError(f"shard {index} is already written")
         name = f"shard-{index:05d}.npy"
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
         try:
@@ -370,22 +383,24 @@ class StoreWriter:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        shard = {
-            "index": index,
-            "start": start,
-            "stop": start + rows.shape[0],
-            "file": name,
-            "bytes": (self.path / name).stat().st_size,
-            "sha256": digest,
-        }
-        self.manifest["shards"].append(shard)
-        esum = self.manifest["energy_sum"]
-        for k, v in energy.items():
-            esum[k] = esum.get(k, 0.0) + float(v)
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        entry = {"index": index, "start": start, "stop": start + rows.shape[0], "file": name,
+                 "bytes": (self.path / name).stat().st_size, "sha256": digest,
+                 "energy": {k: float(v) for k, v in energy.items()}}
+        write_json_atomic(self.path / name.replace(".npy", ".json"), entry)
+        self.manifest["shards"] = sorted([*self.manifest["shards"], entry],
+                                         key=lambda e: e["index"])
+        if self.process_rank == 0:
+            write_json_atomic(self.path / MANIFEST, self.manifest)
 
-    def finish(self) -> FactorStore:
-        """Mark the store complete and return it for reading."""
+    def finish(self, num_shards: int) -> FactorStore:
+        """Merge every rank's shards, check none is missing, and mark the store complete.
+
+        Call on rank 0 after all ranks have written their shards (a barrier).
+        """
+        self.manifest["shards"] = self._valid_shards()
+        missing = sorted(set(range(num_shards)) - self.done)
+        if missing:
+            raise StoreError(f"store {self.path} is missing shards {missing[:10]}")
         self.manifest["complete"] = True
         write_json_atomic(self.path / MANIFEST, self.manifest)
         return FactorStore(self.path, self.manifest)
