@@ -30,6 +30,7 @@ from tamis.attribution import (
 )
 from tamis.attribution.build import rows_from_capture
 from tamis.attribution.capture import GradientCapture, resolve_layers
+from tamis.attribution.curvature import Curvature
 from tamis.attribution.factors import dense_gradients, low_rank_factors
 from tamis.attribution.store import row_layout
 
@@ -303,3 +304,33 @@ def test_isotropic_tail_option(tmp_path):
         torch.testing.assert_close(part.precondition(q)[block.layers[0]], expected)
         # trace is preserved by the isotropic tail model
         assert float(torch.trace(model_f)) == pytest.approx(block.trace, rel=1e-9)
+
+
+@pytest.mark.parametrize("tail", ["none", "isotropic"])
+@pytest.mark.parametrize("granularity", ["layer", "model"])
+def test_subspace_kernel_equals_reconstruct(tmp_path, tail, granularity):
+    model, task = tiny_lm(vocab=9, width=10), SequenceTask()
+    store = build_store(task, model, token_data(31, vocab=9), tmp_path / "s",
+                        ProjectionConfig(d1=6, d2=5, seed=0), FactorConfig(rank=2, dtype="float64"),
+                        QUIET)
+    cfg = CurvatureConfig(rank=7, tail=tail, granularity=granularity, cache_projections=True)
+    curv = fit_curvature(store, cfg, F64, progress=False)
+    queries = token_data(4, vocab=9, seed=11)
+    want = {}
+    for normalize in ("none", "cosine"):
+        want[normalize] = compute_scores(task, model, queries, store, curv,
+                                         ScoreConfig(progress=False, normalize=normalize), F64)
+        got = compute_scores(task, model, queries, store, curv,
+                             ScoreConfig(progress=False, normalize=normalize, kernel="subspace",
+                                         chunk_size=4), F64)
+        torch.testing.assert_close(got.scores, want[normalize].scores, rtol=1e-9, atol=1e-12)
+    saved = Curvature.load(curv.save(tmp_path / "c.safetensors"), store)
+    assert all(b.tail == a.tail for a, b in zip(curv.blocks, saved.blocks))
+    again = compute_scores(task, model, queries, store, saved,
+                           ScoreConfig(progress=False, kernel="subspace"), F64)
+    torch.testing.assert_close(again.scores, want["none"].scores, rtol=1e-9, atol=1e-12)
+    ident = fit_curvature(store, CurvatureConfig(kind="identity"), F64, progress=False)
+    a = compute_scores(task, model, queries, store, ident, ScoreConfig(progress=False), F64)
+    b = compute_scores(task, model, queries, store, ident,
+                       ScoreConfig(progress=False, kernel="subspace"), F64)
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-9, atol=1e-12)

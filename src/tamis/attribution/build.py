@@ -191,8 +191,13 @@ def query_gradients(
     dtype: torch.dtype = torch.float32,
     collate_fn: Callable[[Sequence[Any]], Any] | None = None,
     progress: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Projected query-measurement gradients per layer, (n_queries, d1 * d2), never truncated.
+    factors: bool = False,
+) -> dict[str, torch.Tensor] | dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Projected query-measurement gradients per layer, never truncated.
+
+    Returns:
+        Per layer, dense rows (n_queries, d1 * d2); or with ``factors``, exact factors
+        (L (n_queries, d1, k), R (n_queries, d2, k)) with L R^T = G and k = min(T, d1, d2).
 
     Raises:
         StoreMismatchError: if the model, layers or projection differ from the store's.
@@ -205,10 +210,23 @@ def query_gradients(
     )
     n = dataset_length(queries)
     capture = GradientCapture(model, specs_by_name, projection, dtype)
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in specs_by_name}
+    out: dict[str, list] = {name: [] for name in specs_by_name}
     batches = iter_batches(queries, 0, n, batch_size, collate_fn)
     with eval_mode(model):
         for batch in track(batches, "query gradients", -(-n // batch_size), progress):
             for name, cap in capture.capture(task.compute_measurement, batch).items():
-                out[name].append(dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1))
-    return {name: torch.cat(parts) for name, parts in out.items()}
+                if factors:
+                    k = min(cap.a.shape[1], cap.a.shape[2], cap.b.shape[2])
+                    f = low_rank_factors(cap.a, cap.b, k)
+                    out[name].append((f.left, f.right))
+                else:
+                    out[name].append(dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1))
+    if not factors:
+        return {name: torch.cat(parts) for name, parts in out.items()}
+    result = {}
+    for name, parts in out.items():
+        k = max(left.shape[2] for left, _ in parts)
+        pad = [(torch.nn.functional.pad(a, (0, k - a.shape[2])),
+                torch.nn.functional.pad(b, (0, k - b.shape[2]))) for a, b in parts]
+        result[name] = (torch.cat([a for a, _ in pad]), torch.cat([b for _, b in pad]))
+    return result

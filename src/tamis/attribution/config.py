@@ -130,6 +130,7 @@ class CurvatureConfig:
     seed: int = 0
     chunk_size: int = 4096
     tail: Literal["none", "isotropic"] = "none"
+    cache_projections: bool = False
 
     def __post_init__(self) -> None:
         _check(self.kind in ("lowrank", "dense", "identity"), f"unknown kind {self.kind!r}")
@@ -153,7 +154,10 @@ class ScoreConfig:
         normalize: ``"none"`` (influence / gradient dot), ``"cosine"`` (divide by both
             norms) or ``"train_unit"`` (divide by the training gradient's norm only).
         kernel: ``"reconstruct"`` (rebuild a block of training gradients, one GEMM against
-            all queries; fastest on CPU) or ``"factored"`` (contract factors directly).
+            all queries), ``"factored"`` (contract the training factors with the dense
+            preconditioned queries) or ``"subspace"`` (both sides factored: the query's exact
+            low-rank factors against the training factors, plus the curvature-subspace
+            correction through the cached H = G V; needs ``cache_projections``).
         top_k: Number of most helpful and most harmful examples kept per query.
         chunk_size: Training examples per streamed chunk.
         keep_scores: Keep the full (queries x N) score matrix in memory.
@@ -163,7 +167,7 @@ class ScoreConfig:
     """
 
     normalize: Literal["none", "cosine", "train_unit"] = "none"
-    kernel: Literal["reconstruct", "factored"] = "reconstruct"
+    kernel: Literal["reconstruct", "factored", "subspace"] = "reconstruct"
     top_k: int = 10
     chunk_size: int = 4096
     keep_scores: bool = True
@@ -174,7 +178,9 @@ class ScoreConfig:
         _check(
             self.normalize in ("none", "cosine", "train_unit"), f"bad normalize {self.normalize!r}"
         )
-        _check(self.kernel in ("reconstruct", "factored"), f"bad kernel {self.kernel!r}")
+        _check(
+            self.kernel in ("reconstruct", "factored", "subspace"), f"bad kernel {self.kernel!r}"
+        )
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         _check(self.chunk_size >= 1 and self.batch_size >= 1, "chunk_size, batch_size >= 1")
 

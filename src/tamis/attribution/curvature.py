@@ -45,6 +45,7 @@ class CurvatureBlock:
     eigvecs: torch.Tensor | None = None  # (D, r), lowrank
     eigvals: torch.Tensor | None = None  # (r,), eigenvalues of F
     inverse: torch.Tensor | None = None  # (D, D), dense
+    projections: torch.Tensor | None = None  # (N, r), H = G V, optional (lowrank)
     tail: float = 0.0  # isotropic level of the discarded spectrum (0 = the paper's form)
 
     @property
@@ -86,7 +87,7 @@ class Curvature:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held by the preconditioner's tensors."""
+        """Bytes held by the preconditioner's tensors (cached projections excluded)."""
         total = 0
         for b in self.blocks:
             for t in (b.eigvecs, b.eigvals, b.inverse):
@@ -99,12 +100,18 @@ class Curvature:
         path = Path(path)
         tensors, meta = {}, []
         for i, b in enumerate(self.blocks):
-            for key in ("eigvecs", "eigvals", "inverse"):
+            for key in ("eigvecs", "eigvals", "inverse", "projections"):
                 t = getattr(b, key)
                 if t is not None:
                     tensors[f"{i}.{key}"] = t.contiguous()
             meta.append(
-                {"layers": b.layers, "dims": b.dims, "damping": b.damping, "trace": b.trace}
+                {
+                    "layers": b.layers,
+                    "dims": b.dims,
+                    "damping": b.damping,
+                    "trace": b.trace,
+                    "tail": b.tail,
+                }
             )
         header = {
             "kind": self.kind,
@@ -143,10 +150,11 @@ class Curvature:
                     m["dims"],
                     m["damping"],
                     m["trace"],
-                    tensors.get(f"{i}.eigvecs"),
-                    tensors.get(f"{i}.eigvals"),
-                    tensors.get(f"{i}.inverse"),
-                    m.get("tail", 0.0),
+                    eigvecs=tensors.get(f"{i}.eigvecs"),
+                    eigvals=tensors.get(f"{i}.eigvals"),
+                    inverse=tensors.get(f"{i}.inverse"),
+                    projections=tensors.get(f"{i}.projections"),
+                    tail=m.get("tail", 0.0),
                 )
             )
         curv = cls(
@@ -307,4 +315,21 @@ def fit_curvature(
             vals, vecs = eig[b]
             block.inverse = (vecs / (vals + lam)) @ vecs.T
         out.append(block)
+    if cfg.kind == "lowrank" and cfg.cache_projections:
+        _cache_projections(stream, out)
     return Curvature(cfg.kind, to_dict(cfg), out, store_identity(store), {"passes": stream.passes})
+
+
+def _cache_projections(stream: _Streamer, blocks: list[CurvatureBlock]) -> None:
+    """H_b = G_b V_b for every block, in one more pass over the store."""
+    n = stream.store.num_examples
+    for block in blocks:
+        block.projections = torch.empty(n, block.eigvecs.shape[1], dtype=block.eigvecs.dtype)
+    row = {"at": 0}
+
+    def step(b: int, g: torch.Tensor) -> None:
+        blocks[b].projections[row["at"] : row["at"] + g.shape[0]] = g @ blocks[b].eigvecs
+        if b == len(blocks) - 1:
+            row["at"] += g.shape[0]
+
+    stream.run(step, "curvature: cache projections")

@@ -103,18 +103,93 @@ def _chunk_scores(
     return total, norms
 
 
+class _SubspaceKernel:
+    """Both sides factored: tau = beta <q, G_i> + sum_j (alpha_qj - beta c_qj) h_ij.
+
+    With c_qj = v_j . q, alpha_qj = c_qj / (s_j^2 + lambda), beta = 1 / (lambda + tau) and
+    h_ij = v_j . G_i cached at fit time, and <q, G_i> contracted factor against factor, a pair
+    costs O(c c_q (d1 + d2) + r) instead of O(D).
+    """
+
+    def __init__(self, qfactors: dict, dense: dict, curvature: Curvature, dtype) -> None:
+        if curvature.kind == "dense":
+            raise ValueError("the subspace kernel needs lowrank or identity curvature")
+        self.qfactors = {k: (a.to(dtype), b.to(dtype)) for k, (a, b) in qfactors.items()}
+        self.terms = []  # per block: (layers, beta, coefficient (nq, r) or None, H or None)
+        for block in curvature.blocks:
+            if curvature.kind == "identity":
+                self.terms.append((block.layers, 1.0, None, None))
+                continue
+            if block.projections is None:
+                raise ValueError(
+                    "the subspace kernel needs CurvatureConfig(cache_projections=True)"
+                )
+            q = torch.cat([dense[name] for name in block.layers], dim=1)
+            v, s2 = block.eigvecs.to(dtype), block.eigvals.to(dtype)
+            coef = q @ v
+            beta = 1.0 / (block.damping + block.tail)
+            self.terms.append((block.layers, beta, coef / (s2 + block.damping) - beta * coef,
+                               block.projections.to(dtype)))
+
+    def __call__(self, chunk: StoreChunk) -> torch.Tensor:
+        total = 0
+        for layers, beta, coef, h in self.terms:
+            for name in layers:
+                qa, qb = self.qfactors[name]
+                left, right = chunk.layers[name]
+                total = total + beta * torch.einsum(
+                    "qam,nak,qbm,nbk->qn", qa, left, qb, right
+                )
+            if coef is not None:
+                total = total + coef @ h[chunk.start : chunk.stop].T
+        return total
+
+
+def _train_norms(chunk: StoreChunk) -> torch.Tensor:
+    total = 0
+    for item in chunk.layers.values():
+        if isinstance(item, tuple):
+            left, right = item
+            total = total + ((left.transpose(1, 2) @ left) * (right.transpose(1, 2) @ right)).sum(
+                (1, 2)
+            )
+        else:
+            total = total + (item * item).sum((1, 2))
+    return total
+
+
 def score_gradients(
-    queries: dict[str, torch.Tensor],
+    queries: dict,
     store: FactorStore,
     curvature: Curvature,
     config: ScoreConfig | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> ScoreResult:
-    """Score projected query gradients (per layer, (n_queries, d1 * d2)) against ``store``."""
+    """Score projected query gradients against ``store``.
+
+    Args:
+        queries: Per layer, dense rows (n_queries, d1 * d2) or exact factors (L, R) as
+            returned by ``query_gradients(..., factors=True)`` (needed by ``subspace``).
+        store: The training store.
+        curvature: A preconditioner fitted on ``store``.
+        config: Kernel, normalisation, top-k, chunking.
+        dtype: Compute precision.
+
+    """
     cfg = config or ScoreConfig()
+    qfactors = None
+    if all(isinstance(v, tuple) for v in queries.values()):
+        qfactors = queries
+        queries = {k: (a @ b.transpose(1, 2)).flatten(1) for k, (a, b) in queries.items()}
     nq = _check_queries(queries, store)
     if curvature.store_id != store_identity(store):
         raise StoreMismatchError(f"the curvature was fitted on another store than {store.path}")
+    subspace = None
+    if cfg.kernel == "subspace":
+        if qfactors is None or store.rank is None:
+            raise ValueError("the subspace kernel needs query factors and a factored store")
+        subspace = _SubspaceKernel(qfactors, {k: v.to(dtype) for k, v in queries.items()},
+                                   curvature, dtype)
     qt = curvature.precondition({k: v.to(dtype) for k, v in queries.items()})
     qt = {name: qt[name].reshape(nq, -1) for name in store.layer_names}
     qnorm = torch.sqrt(sum((q * q).sum(1) for q in qt.values())).clamp_min(1e-30)
@@ -124,7 +199,11 @@ def score_gradients(
     chunks = store.iter_chunks(cfg.chunk_size, dtype, timings=timings)
     for chunk in track(chunks, "score", store.num_chunks(cfg.chunk_size), cfg.progress):
         t0 = time.perf_counter()
-        s, sq = _chunk_scores(chunk, qt, cfg.kernel)
+        if subspace is not None:
+            s = subspace(chunk)
+            sq = _train_norms(chunk) if cfg.normalize != "none" else None
+        else:
+            s, sq = _chunk_scores(chunk, qt, cfg.kernel)
         if cfg.normalize != "none":
             s = s / sq.sqrt().clamp_min(1e-30)
             if cfg.normalize == "cosine":
@@ -157,9 +236,8 @@ def compute_scores(
     """
     cfg = config or ScoreConfig()
     t0 = time.perf_counter()
-    grads = query_gradients(
-        task, model, queries, store, cfg.batch_size, dtype, collate_fn, cfg.progress
-    )
+    grads = query_gradients(task, model, queries, store, cfg.batch_size, dtype, collate_fn,
+                            cfg.progress, factors=cfg.kernel == "subspace")
     t_query = time.perf_counter() - t0
     result = score_gradients(grads, store, curvature, cfg, dtype)
     result.timings["query_gradients_s"] = t_query
