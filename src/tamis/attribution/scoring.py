@@ -137,12 +137,24 @@ class _SubspaceKernel:
             for name in layers:
                 qa, qb = self.qfactors[name]
                 left, right = chunk.layers[name]
-                total = total + beta * torch.einsum(
-                    "qam,nak,qbm,nbk->qn", qa, left, qb, right
-                )
+                total = total + beta * _factor_dot(qa, qb, left, right)
             if coef is not None:
                 total = total + coef @ h[chunk.start : chunk.stop].T
         return total
+
+
+def _factor_dot(
+    qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+) -> torch.Tensor:
+    """<Qa_q Qb_q^T, L_i R_i^T>_F for all (q, i) as two GEMMs: O(nq n m k (d1 + d2))."""
+    nq, d1, m = qa.shape
+    n, _, k = left.shape
+    d2 = qb.shape[1]
+    p1 = qa.transpose(1, 2).reshape(nq * m, d1) @ left.permute(1, 0, 2).reshape(d1, n * k)
+    p2 = qb.transpose(1, 2).reshape(nq * m, d2) @ right.permute(1, 0, 2).reshape(d2, n * k)
+    if m == 1 and k == 1:
+        return p1 * p2
+    return torch.einsum("qmnk,qmnk->qn", p1.reshape(nq, m, n, k), p2.reshape(nq, m, n, k))
 
 
 def _train_norms(chunk: StoreChunk) -> torch.Tensor:
