@@ -1,0 +1,61 @@
+"""Train the small demo checkpoints on Fashion-MNIST (1 CPU thread) and save them (fp16).
+
+Writes into src/tamis/density/checkpoints/ (each file < 2 MB), used by `tamis demo` and the
+benchmark scripts; the demo trains tiny stand-ins when they are missing.
+
+    .venv/bin/python benchmarks/density/train_checkpoints.py [--only gan,ddpm,extractors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from tamis.data import load_fashion_mnist
+from tamis.density.config import DDPMConfig, ExtractorConfig, GANConfig
+from tamis.density.models import save_checkpoint, train_ddpm, train_extractor, train_gan
+
+OUT = Path(__file__).resolve().parents[2] / "src" / "tamis" / "density" / "checkpoints"
+STEER = ExtractorConfig(widths=(16, 32), feature_dim=64)
+EVAL = ExtractorConfig(widths=(32, 64), feature_dim=128)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="extractors,gan,ddpm")
+    ap.add_argument("--gan-steps", type=int, default=3000)
+    ap.add_argument("--ddpm-steps", type=int, default=1500)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ds = load_fashion_mnist("train")
+    x = torch.from_numpy(ds.images[:, None])
+    y = torch.from_numpy(ds.labels)
+    todo = args.only.split(",")
+    if "extractors" in todo:
+        t = time.time()
+        # two independent extractors: different halves, architectures and seeds
+        f_g = train_extractor(STEER, x[:30000], y[:30000], epochs=2, seed=1)
+        save_checkpoint(f_g, OUT / "extractor_steer.safetensors", "extractor", STEER.to_dict())
+        f_e = train_extractor(EVAL, x[30000:], y[30000:], epochs=2, seed=2)
+        save_checkpoint(f_e, OUT / "extractor_eval.safetensors", "extractor", EVAL.to_dict())
+        print(f"extractors {time.time() - t:.0f}s", flush=True)
+    if "gan" in todo:
+        t = time.time()
+        cfg = GANConfig()
+        g, d = train_gan(cfg, x, steps=args.gan_steps, seed=0)
+        save_checkpoint(g, OUT / "gan_generator.safetensors", "generator", cfg.to_dict())
+        save_checkpoint(d, OUT / "gan_discriminator.safetensors", "discriminator", cfg.to_dict())
+        print(f"gan {time.time() - t:.0f}s", flush=True)
+    if "ddpm" in todo:
+        t = time.time()
+        cfg = DDPMConfig(channels=16)
+        m = train_ddpm(cfg, x, steps=args.ddpm_steps, seed=0)
+        save_checkpoint(m, OUT / "ddpm.safetensors", "ddpm", cfg.to_dict())
+        print(f"ddpm {time.time() - t:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
