@@ -29,11 +29,11 @@ from tamis.density.toys import gaussian_mixture
 from tamis.report import Section
 from tamis.report.html import html_table
 
-N_REF = 10_000
-N_EVAL_REAL = 5_000
+N_REF = 6_000
+N_EVAL_REAL = 3_000
 N_FAKE = 1_000
 N_CURVE = 600
-FT_STEPS = 60
+FT_STEPS = 30
 
 
 def _row(name: str, m: dict[str, float], extra: str = "") -> list[object]:
@@ -163,7 +163,8 @@ def demo_section(out_dir: Path, data_dir: Path | None = None) -> Section:
     header = ["setting", "precision", "recall", "density", "coverage", "FD (F_e)", "notes"]
     body = [
         f"<p>Models: {html.escape(models.source)}. A DCGAN on {html.escape(train.name)}; "
-        "steering with the pseudo density of 10,000 training images in extractor F_g (k=20) "
+        f"steering with the pseudo density of {len(ref):,} training images in extractor F_g "
+        "(k=20) "
         "through the MLP predictor; all metrics in an <em>independent</em> extractor F_e "
         f"(k=5) against {len(real_eval)} test images, {N_FAKE} samples per row. "
         "FD is the Frechet distance in F_e (not Inception FID). The GAN's samples sit below "
