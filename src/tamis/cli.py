@@ -38,8 +38,15 @@ def demo(
     out: Path = typer.Option(Path("tamis-demo"), help="Folder for index.html and its pictures."),
     only: list[str] = typer.Option([], help="Run only these tools' sections (e.g. attribute)."),
     data_dir: Path | None = typer.Option(None, help="Fashion-MNIST folder (IDX .gz files)."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: one per core)."),
 ) -> None:
     """Run every tool on embedded defaults and write an HTML report with pictures."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    console.print(f"torch threads: {torch.get_num_threads()}")
     out.mkdir(parents=True, exist_ok=True)
     sections: list[Section] = []
     t0 = time.perf_counter()
