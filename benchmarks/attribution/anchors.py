@@ -25,7 +25,23 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import MLP  # noqa: E402
+from models import MLP, CharLM  # noqa: E402
+
+ARCH = {"arch": "mlp", "layers": ["fc1", "fc2"]}  # set by load_setting
+
+
+def ex_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example loss: cross-entropy (MLP) or mean next-character cross-entropy (LM)."""
+    if logits.dim() == 3:
+        return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def log_odds(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """TRAK's margin log(p / (1 - p)) of the correct class, averaged over positions."""
+    logp = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                            reduction="none")
+    return (logp - torch.log1p(-torch.exp(logp).clamp(max=1 - 1e-6))).mean()
 
 
 def peak_rss_mb() -> float:
@@ -41,9 +57,14 @@ def folder_bytes(path: Path) -> int:
 
 def load_setting(cache: Path):
     meta = json.loads((cache / "meta.json").read_text())
-    if meta["arch"] != "mlp":
+    if meta["arch"] == "mlp":
+        model = MLP(meta["hidden"])
+    elif meta["arch"] == "charlm":
+        model = CharLM(meta["vocab"], d=meta["d"], layers=meta["n_layers"], heads=meta["heads"],
+                       ctx=meta["ctx"])
+        ARCH.update(arch="charlm", layers=meta["tracked"])
+    else:
         raise NotImplementedError(f"arch {meta['arch']}")
-    model = MLP(meta["hidden"])
     model.load_state_dict(torch.load(cache / "model.pt"))
     model.eval()
     x = torch.from_numpy(np.load(cache / "train_x.npy"))
@@ -54,25 +75,63 @@ def load_setting(cache: Path):
 
 
 # -- dattri ------------------------------------------------------------------------------
+class _Out:
+    def __init__(self, loss: torch.Tensor) -> None:
+        self.loss = loss
+
+
+class _LossModel(torch.nn.Module):
+    """dattri 0.3.0 LoGra computes query gradients as cross_entropy(model(x), y) unless the
+    model returns an object with ``.loss`` for dict batches: wrap the LM so it does."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> _Out:
+        return _Out(ex_loss(self.model(x), y).sum())
+
+
+class _DictData(torch.utils.data.Dataset):
+    def __init__(self, ds: TensorDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        x, y = self.ds[i]
+        return {"x": x, "y": y}
+
+
 def run_dattri_logra(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray, dict]:
     from dattri.algorithm.logra import LoGraAttributor
     from dattri.task import AttributionTask
 
+    layers = ARCH["layers"]
+    if ARCH["arch"] == "charlm":
+        model = _LossModel(model)
+        layers = [f"model.{n}" for n in layers]
+        train, queries = _DictData(train), _DictData(queries)
+
     def loss_func(m, batch, device):
+        if isinstance(batch, dict):
+            return m(x=batch["x"].to(device), y=batch["y"].to(device)).loss
         x, y = batch
-        return F.cross_entropy(m(x.to(device)), y.to(device), reduction="sum")
+        return ex_loss(m(x.to(device)), y.to(device)).sum()
 
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
     cache_dir = out / "dattri_cache"  # else dattri writes batch_metadata.json to the cwd
     shutil.rmtree(cache_dir, ignore_errors=True)
     cache_dir.mkdir(parents=True)
-    att = LoGraAttributor(task, layer_names=["fc1", "fc2"], hessian="eFIM", device="cpu",
+    att = LoGraAttributor(task, layer_names=layers, hessian="eFIM", device="cpu",
                           proj_dim=opts["proj_dim_per_layer"], offload="cpu",
                           cache_dir=str(cache_dir))
     # dattri 0.3.0 LoGra fails on 2-D inputs (IndexError); known workaround: an extra
     # leading dimension, flattened by the model's nn.Flatten
-    train = TensorDataset(train.tensors[0].unsqueeze(1), train.tensors[1])
-    queries = TensorDataset(queries.tensors[0].unsqueeze(1), queries.tensors[1])
+    if ARCH["arch"] == "mlp":
+        train = TensorDataset(train.tensors[0].unsqueeze(1), train.tensors[1])
+        queries = TensorDataset(queries.tensors[0].unsqueeze(1), queries.tensors[1])
     tl = DataLoader(train, batch_size=500, shuffle=False)
     ql = DataLoader(queries, batch_size=1, shuffle=False)
     t0 = time.perf_counter()
@@ -100,14 +159,13 @@ def run_dattri_trak(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
     def loss_func(params, data):
         x, y = data
         logits = torch.func.functional_call(model, params, x.unsqueeze(0))
-        logp = -F.cross_entropy(logits, y.unsqueeze(0))
-        return logp - torch.log(1 - torch.exp(logp))
+        return log_odds(logits, y.unsqueeze(0))
 
     # dattri passes already unflattened params (its docstring's @flatten_func breaks 0.3.0)
     def correct_prob(params, data):
         x, y = data
         logits = torch.func.functional_call(model, params, x.unsqueeze(0))
-        return torch.exp(-F.cross_entropy(logits, y.unsqueeze(0)))
+        return torch.exp(-ex_loss(logits, y.unsqueeze(0)))[0]
 
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
     att = TRAKAttributor(task, correct_prob, device="cpu",
@@ -131,6 +189,31 @@ def run_dattri_trak(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
 
 
 # -- traker ------------------------------------------------------------------------------
+def _lm_out_class():
+    from trak.modelout_functions import AbstractModelOutput
+
+    class LMOutput(AbstractModelOutput):
+        """TRAK model output for a char LM: mean log-odds over positions; Q = 1 - p."""
+
+        def __init__(self) -> None:
+            super().__init__()
+
+        def get_output(self, model, weights, buffers, x, y):
+            logits = torch.func.functional_call(model, (weights, buffers), x.unsqueeze(0))
+            return log_odds(logits, y.unsqueeze(0))
+
+        def get_out_to_loss_grad(self, model, weights, buffers, batch):
+            x, y = batch
+            logits = torch.func.functional_call(model, (weights, buffers), x)
+            return (1 - torch.exp(-ex_loss(logits, y))).detach().unsqueeze(-1)
+
+    return LMOutput
+
+
+def LMOut():  # noqa: N802
+    return _lm_out_class()()
+
+
 def run_traker(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray, dict]:
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
@@ -141,7 +224,8 @@ def run_traker(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray
     proj = BasicProjector(grad_dim=grad_dim, proj_dim=opts["proj_dim"], seed=0,
                           proj_type=ProjectionType.rademacher, device="cpu")
     n, q = len(train), len(queries)
-    tr = TRAKer(model=model, task="image_classification", train_set_size=n, save_dir=str(save),
+    task = "image_classification" if ARCH["arch"] == "mlp" else LMOut()
+    tr = TRAKer(model=model, task=task, train_set_size=n, save_dir=str(save),
                 device="cpu", projector=proj, proj_dim=opts["proj_dim"],
                 use_half_precision=True, lambda_reg=opts.get("lambda_reg", 0.0))
     t0 = time.perf_counter()
@@ -180,15 +264,16 @@ def run_kronfluence(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
             logits = model(x)
             if sample:
                 with torch.no_grad():
-                    y = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
-            return F.cross_entropy(logits, y, reduction="sum")
+                    probs = torch.softmax(logits.detach().reshape(-1, logits.shape[-1]), -1)
+                    y = torch.multinomial(probs, 1).reshape(y.shape)
+            return ex_loss(logits, y).sum()
 
         def compute_measurement(self, batch, model):
             x, y = batch
-            return F.cross_entropy(model(x), y, reduction="sum")
+            return ex_loss(model(x), y).sum()
 
         def get_influence_tracked_modules(self):
-            return ["fc1", "fc2"]
+            return ARCH["layers"]
 
     task = KTask()
     model = prepare_model(model, task)

@@ -77,7 +77,19 @@ def environment() -> dict:
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "processor": platform.processor() or "unknown",
             "note": "2 CPU cores shared with other jobs; compare timings only as ratios "
-                    "within one run"}
+                    "within one run", "tamis_commit": _git_head()}
+
+
+def _git_head() -> str:
+    """The repository's HEAD commit, with '+dirty' when src/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src/tamis/attribution"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        return head + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def dims_for(d_nominal: int) -> tuple[int, int]:
@@ -89,6 +101,19 @@ def dims_for(d_nominal: int) -> tuple[int, int]:
 
 
 # -- the tamis grid ----------------------------------------------------------------------
+# Stores already built in this process, keyed by their folder: configurations that differ
+# only in the curvature (r, tail) or the scoring (grad_dot) share one store, whose build
+# time and peak RSS are measured once, when it is written, and reported on every row.
+_BUILT: dict[str, dict] = {}
+
+
+def clear_stores(workdir: Path) -> None:
+    """Delete every store of ``workdir`` built by :func:`run_tamis`."""
+    for key in list(_BUILT):
+        if Path(key).parent == Path(workdir):
+            shutil.rmtree(key, ignore_errors=True)
+            del _BUILT[key]
+
 def tamis_grid(d_list: list[int], c_list: list[int], r_list: list[int], n_train: int,
                max_rank_per_example: int | None) -> list[dict]:
     """The tamis method grid, with meaningless combinations skipped and the reason kept."""
@@ -115,21 +140,33 @@ def run_tamis(spec: dict, task: Any, model: torch.nn.Module, train: Any, queries
               damping: float = 0.1) -> tuple[np.ndarray, dict]:
     """Build, fit and query one tamis configuration; every cost figure measured."""
     method = spec["method"].split()[-1]
+    tail = "none"
+    if method.endswith("+tail"):  # "lorif+tail": CurvatureConfig(tail="isotropic")
+        method, tail = method.removesuffix("+tail"), "isotropic"
     d1, d2 = dims_for(spec["D"])
     proj = ProjectionConfig(d1=d1, d2=d2, seed=0, clip_to_layer=True)
-    tag = f"{method}-D{spec['D']}-c{spec['c']}-r{spec['r']}"
-    path = workdir / tag
-    shutil.rmtree(path, ignore_errors=True)
+    c_store = None if method == "logra" else (spec["c"] or 1)
+    path = workdir / f"store-D{spec['D']}-c{c_store}"
     reset_peak_rss()
     att = Attributor(task, model, path, method=method, projection=proj,
                      rank_c=spec["c"] or 1, rank_r=spec["r"] or 64, dtype="float16",
-                     curvature=CurvatureConfig(rank=spec["r"] or 64, damping=damping),
+                     curvature=CurvatureConfig(rank=spec["r"] or 64, damping=damping,
+                                               tail=tail),
                      build=BuildConfig(batch_size=batch_size, shard_size=4096, progress=False))
     from tamis.attribution import build_store, fit_curvature
 
-    t0 = time.perf_counter()
-    store = build_store(task, model, train, path, proj, att.factors, att.build_config, collate_fn)
-    t_build = time.perf_counter() - t0
+    built = _BUILT.get(str(path))
+    if built is None:
+        shutil.rmtree(path, ignore_errors=True)
+        t0 = time.perf_counter()
+        store = build_store(task, model, train, path, proj, att.factors, att.build_config,
+                            collate_fn)
+        built = {"build_s": time.perf_counter() - t0, "build_peak_rss_mb": peak_rss_mb(),
+                 "built_for": spec["method"]}
+        _BUILT[str(path)] = built
+    else:
+        store = FactorStore.open(path, verify=False)
+    t_build = built["build_s"]
     t0 = time.perf_counter()
     curv = fit_curvature(store, att.curvature_config, torch.float32, progress=False)
     t_curv = time.perf_counter() - t0
@@ -165,21 +202,43 @@ def run_tamis(spec: dict, task: Any, model: torch.nn.Module, train: Any, queries
         "query_warm": {"query_grad_s": warm.timings["query_gradients_s"],
                        "load_s": warm.timings["load_s"], "compute_s": warm.timings["compute_s"],
                        "total_s": t_warm},
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": max(peak_rss_mb(), built["build_peak_rss_mb"]),
+        "store_shared_with_earlier_row": built.get("uses", 0) > 0,
+        "curvature_tail": tail,
         "rank_c_energy": store.energy(),
     }
     scores = warm.scores.numpy().astype(np.float64)
     if not np.allclose(scores, cold.scores.numpy(), atol=1e-5, rtol=1e-4):
         info["warning"] = "cold and warm scores differ"
-    shutil.rmtree(path, ignore_errors=True)
+    built["uses"] = built.get("uses", 0) + 1
+    curv_file.unlink(missing_ok=True)
     return scores, info
 
 
 # -- anchors -----------------------------------------------------------------------------
-def run_anchor(setting: str, method: str, cache: Path, options: dict, timeout: int) -> dict:
-    """Run one competing library in the bench venv; return its info dict (or its error)."""
+def run_anchor(setting: str, method: str, cache: Path, options: dict, timeout: int,
+               reuse: bool = False, wait_s: float = 0.0) -> dict:
+    """Run one competing library in the bench venv; return its info dict (or its error).
+
+    With ``reuse``, a configuration whose scores and info were kept by an earlier run on the
+    same cached model (same model.pt checksum) is read back instead of rerun; ``wait_s``
+    waits that long for a concurrent ``--anchors-only`` run to keep them before running it.
+    """
     out = cache / "anchors" / method
     out.mkdir(parents=True, exist_ok=True)
+    tag = "-".join(f"{k}{v}" for k, v in sorted(options.items())) or "default"
+    kept, kept_info = out / f"scores-{tag}.npy", out / f"info-{tag}.json"
+    model_sha = file_sha(cache / "model.pt")
+    deadline = time.time() + wait_s
+    while reuse:
+        if kept_info.exists():  # scores kept, or the error of a failed run
+            info = json.loads(kept_info.read_text())
+            if info.get("model_sha256") == model_sha and (kept.exists() or "error" in info):
+                info["reused_from_earlier_run"] = True
+                return info
+        if time.time() > deadline:
+            break
+        time.sleep(10)
     for f in ("scores.npy", "info.json"):
         (out / f).unlink(missing_ok=True)
     if not BENCH_PY.exists():
@@ -192,18 +251,30 @@ def run_anchor(setting: str, method: str, cache: Path, options: dict, timeout: i
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"method": method, **options, "error": f"timed out after {timeout} s"}
+        failed = {"method": method, **options, "error": f"timed out after {timeout} s"}
+    else:
+        failed = None
+        if proc.returncode != 0 or not (out / "scores.npy").exists():
+            tail = (proc.stderr or proc.stdout)[-3000:]
+            failed = {"method": method, **options, "error": f"exit {proc.returncode}: {tail}"}
+    if failed is not None:
+        kept.unlink(missing_ok=True)
+        kept_info.write_text(json.dumps({**failed, "model_sha256": model_sha}, indent=1))
+        return failed
     wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not (out / "scores.npy").exists():
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        return {"method": method, **options, "error": f"exit {proc.returncode}: {tail}"}
     info = json.loads((out / "info.json").read_text())
-    info.update(method=method, subprocess_wall_s=wall)
-    tag = "-".join(f"{k}{v}" for k, v in sorted(options.items())) or "default"
-    kept = out / f"scores-{tag}.npy"  # one file per configuration, read again by tail-patch
-    shutil.copyfile(out / "scores.npy", kept)
+    info.update(method=method, subprocess_wall_s=wall, model_sha256=model_sha)
+    shutil.copyfile(out / "scores.npy", kept)  # one file per configuration (tail-patch)
     info["scores_path"] = str(kept)
+    kept_info.write_text(json.dumps(info, indent=1))
     return info
+
+
+def file_sha(path: Path) -> str:
+    """SHA-256 of a file (identifies the cached model the anchors scored)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # -- reporting ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     CACHE,
     add_lds,
+    clear_stores,
     command_line,
     environment,
     run_anchor,
@@ -81,6 +82,11 @@ def main() -> None:
     p.add_argument("--anchors", nargs="*", default=ANCHORS)
     p.add_argument("--anchor-timeout", type=int, default=900)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-tail", action="store_true",
+                   help="skip the 'lorif+tail' rows (CurvatureConfig(tail='isotropic'))")
+    p.add_argument("--reuse-anchors", action="store_true",
+                   help="read back anchor configurations kept by an earlier run on the same "
+                        "model.pt instead of rerunning them")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -144,6 +150,9 @@ def main() -> None:
     task = CETask()
     train_ds, query_ds = TensorDataset(x, y), TensorDataset(xq, yq)
     rows = tamis_grid(args.D, args.c, args.r, n, max_rank_per_example=1)
+    if not args.no_tail:  # the same LoRIF grid with the isotropic-tail curvature
+        rows += [{**r, "method": "tamis lorif+tail"} for r in rows
+                 if r["method"] == "tamis lorif" and not r.get("skip")]
     workdir = cache / "stores"
     for spec in rows:
         if spec.get("skip"):
@@ -160,6 +169,7 @@ def main() -> None:
         except Exception as exc:  # record, never drop
             spec["error"] = f"{type(exc).__name__}: {exc}"
         print("  ->", spec.get("lds", spec.get("error")), flush=True)
+    clear_stores(workdir)
 
     ref_path = cache / f"scores-logra-D{max(args.D)}-cNone-rNone.npy"
     ref = np.load(ref_path) if ref_path.exists() else None
@@ -169,7 +179,8 @@ def main() -> None:
             continue
         for opts in anchor_options(method):
             print("anchor", method, opts, flush=True)
-            info = run_anchor("fmnist_mlp", method, cache, opts, args.anchor_timeout)
+            info = run_anchor("fmnist_mlp", method, cache, opts, args.anchor_timeout,
+                              reuse=args.reuse_anchors)
             if "scores_path" in info:
                 s_anchor = np.load(info["scores_path"])
                 add_lds(info, s_anchor, masks, truth)
@@ -200,7 +211,8 @@ def main() -> None:
                             f"of the full model: {acc:.3f}. LDS target: query cross-entropy "
                             "(higher score = helps = lowers loss). LoRIF c>1 is skipped: "
                             "per-example gradients of an MLP have rank 1, so c>1 equals c=1 "
-                            "with a larger store.")}
+                            "with a larger store. 'tamis lorif+tail' = the same LoRIF "
+                            "configurations with CurvatureConfig(tail='isotropic').")}
     notes = targets_report(rows, meta)
     meta["targets"] = notes["targets"]
     write_results("fmnist_mlp", meta, rows, notes["markdown"])

@@ -36,3 +36,80 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = 30,
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
+
+
+# -- setting (b): a char-level causal transformer ----------------------------------------
+class Block(nn.Module):
+    """Pre-LN transformer block; attention written with nn.Linear so every layer is tracked."""
+
+    def __init__(self, d: int, heads: int, ctx: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+        self.register_buffer("mask", torch.ones(ctx, ctx).tril().bool(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / (d // self.heads) ** 0.5
+        att = att.masked_fill(~self.mask[:t, :t], float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(y)
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.ln2(x))))
+
+
+class CharLM(nn.Module):
+    """Tiny GPT: token + position embeddings, ``layers`` blocks, untied linear head."""
+
+    def __init__(self, vocab: int, d: int = 64, layers: int = 2, heads: int = 4,
+                 ctx: int = 64) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(ctx, d)
+        self.blocks = nn.ModuleList([Block(d, heads, ctx) for _ in range(layers)])
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.dim() == 1:  # one unbatched example (dattri's compressor setup passes x[0])
+            idx = idx.unsqueeze(0)
+        t = idx.shape[1]
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.ln(x))
+
+
+def lm_loss(model: nn.Module, seq: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-character cross-entropy; seq is (B, ctx + 1) token ids."""
+    logits = model(seq[:, :-1])
+    ce = nn.functional.cross_entropy(logits.transpose(1, 2), seq[:, 1:], reduction="none")
+    return ce.mean(1)
+
+
+def train_lm(seq: torch.Tensor, vocab: int, seed: int, init_seed: int | None = None,
+             epochs: int = 4, batch_size: int = 32, lr: float = 3e-3,
+             weight_decay: float = 0.01, **arch: int) -> CharLM:
+    """AdamW, fixed epochs; ``init_seed`` fixes the init (default: ``seed``), ``seed`` the order."""
+    torch.manual_seed(seed if init_seed is None else init_seed)
+    model = CharLM(vocab, **arch)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    n = seq.shape[0]
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                pct_start=0.1)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for lo in range(0, n, batch_size):
+            opt.zero_grad(set_to_none=True)
+            lm_loss(model, seq[perm[lo:lo + batch_size]]).mean().backward()
+            opt.step()
+            sched.step()
+    return model.eval()
