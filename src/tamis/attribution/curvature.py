@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from tamis._io import atomic_path
 from tamis._progress import track
 from tamis.attribution.config import CurvatureConfig, to_dict
 from tamis.attribution.errors import StoreError, StoreMismatchError
@@ -120,15 +119,8 @@ class Curvature:
             "blocks": json.dumps(meta),
             "extra": json.dumps(self.extra),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
         return path
 
     @classmethod

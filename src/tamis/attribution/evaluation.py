@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -49,6 +47,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import TensorDataset, default_collate
 
+from tamis._io import atomic_path
 from tamis._progress import track
 from tamis.attribution.data import dataset_length, iter_batches
 from tamis.attribution.task import AttributionTask
@@ -275,15 +274,8 @@ def tail_patch_summary(
 # Orchestration: masks and ground truth on disk
 # ------------------------------------------------------------------------------------------
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_masks(path: str | Path, masks: np.ndarray) -> Path:

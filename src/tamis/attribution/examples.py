@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from tamis._io import atomic_path
 from tamis._progress import track
 from tamis.attribution.task import AttributionTask
 from tamis.data import load_image_dataset
@@ -104,19 +103,6 @@ def accuracy(model: nn.Module, data: TensorDataset) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def image_tensors(
     split: str, n: int, data_dir: Path | None, seed: int
 ) -> tuple[TensorDataset, dict]:
@@ -162,7 +148,8 @@ def fashion_cnn(
         model.eval()
     else:
         train_classifier(model, train, epochs=epochs, seed=seed, progress=progress)
-        _save_atomic({"model": model.state_dict()}, ckpt)
+        with atomic_path(ckpt) as tmp:
+            torch.save({"model": model.state_dict()}, tmp)
     info["test_accuracy"] = accuracy(model, queries)
     info["checkpoint"] = str(ckpt)
     return TaskBundle(ImageClassificationTask(), model, train, queries, info)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tamis._io import atomic_path, write_text_atomic
 from tamis.attribution.errors import StoreError, StoreMismatchError
 from tamis.attribution.projection import LayerSpec
 
@@ -60,17 +59,7 @@ def file_sha256(path: Path) -> str:
 
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Replace ``path`` with ``obj`` as JSON, atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def to_torch(rows: np.ndarray, dtype_name: str) -> torch.Tensor:
@@ -371,18 +360,9 @@ class StoreWriter:
         if index in self.done:
             raise StoreError(f"shard {index} is already written")
         name = f"shard-{index:05d}.npy"
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, rows)
-                fh.flush()
-                os.fsync(fh.fileno())
-            digest = file_sha256(Path(tmp))
-            os.replace(tmp, self.path / name)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(self.path / name, suffix=".npy") as tmp:
+            np.save(tmp, rows)
+            digest = file_sha256(tmp)
         entry = {"index": index, "start": start, "stop": start + rows.shape[0], "file": name,
                  "bytes": (self.path / name).stat().st_size, "sha256": digest,
                  "energy": {k: float(v) for k, v in energy.items()}}

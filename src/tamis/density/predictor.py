@@ -8,8 +8,6 @@ own normalisation. Saved as safetensors with the architecture in the metadata, a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tamis._io import atomic_path
 from tamis.density._checks import as_features
 
 
@@ -159,16 +158,8 @@ def save_predictor(model: DensityPredictor, path: str | Path) -> Path:
     meta = {"format": "tamis.density.predictor/1",
             "config": json.dumps({"in_dim": model.in_dim, "hidden": list(model.hidden)})}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
