@@ -81,11 +81,9 @@ def _check_queries(queries: dict[str, torch.Tensor], store: FactorStore) -> int:
     return sizes.pop()
 
 
-def _chunk_scores(
-    chunk: StoreChunk, qt: dict[str, torch.Tensor], kernel: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (nq, n) of one chunk and its training gradients' squared norms (n,)."""
-    total, norms = None, None
+def _chunk_scores(chunk: StoreChunk, qt: dict[str, torch.Tensor], kernel: str) -> torch.Tensor:
+    """Scores (nq, n) of one chunk against dense preconditioned queries."""
+    total = None
     for name, q in qt.items():
         item = chunk.layers[name]
         if kernel == "factored" and isinstance(item, tuple):
@@ -93,14 +91,10 @@ def _chunk_scores(
             nq, (n, d1, c), d2 = q.shape[0], left.shape, right.shape[1]
             qr = q.reshape(nq * d1, d2) @ right.permute(1, 0, 2).reshape(d2, n * c)
             s = torch.einsum("qanc,nac->qn", qr.reshape(nq, d1, n, c), left)
-            sq = ((left.transpose(1, 2) @ left) * (right.transpose(1, 2) @ right)).sum((1, 2))
         else:
-            g = chunk.dense(name)
-            s = q @ g.T
-            sq = (g * g).sum(1)
+            s = q @ chunk.dense(name).T
         total = s if total is None else total + s
-        norms = sq if norms is None else norms + sq
-    return total, norms
+    return total
 
 
 class _SubspaceKernel:
@@ -158,6 +152,7 @@ def _factor_dot(
 
 
 def _train_norms(chunk: StoreChunk) -> torch.Tensor:
+    """Squared norms ||G_i||_F^2 of a chunk's training gradients, from factors when factored."""
     total = 0
     for item in chunk.layers.values():
         if isinstance(item, tuple):
@@ -211,13 +206,9 @@ def score_gradients(
     chunks = store.iter_chunks(cfg.chunk_size, dtype, timings=timings)
     for chunk in track(chunks, "score", store.num_chunks(cfg.chunk_size), cfg.progress):
         t0 = time.perf_counter()
-        if subspace is not None:
-            s = subspace(chunk)
-            sq = _train_norms(chunk) if cfg.normalize != "none" else None
-        else:
-            s, sq = _chunk_scores(chunk, qt, cfg.kernel)
+        s = subspace(chunk) if subspace is not None else _chunk_scores(chunk, qt, cfg.kernel)
         if cfg.normalize != "none":
-            s = s / sq.sqrt().clamp_min(1e-30)
+            s = s / _train_norms(chunk).sqrt().clamp_min(1e-30)
             if cfg.normalize == "cosine":
                 s = s / qnorm[:, None]
         if scores is not None:
