@@ -38,7 +38,6 @@ from common import (  # noqa: E402
 from models import MLP, train_mlp  # noqa: E402
 from targets import targets_report  # noqa: E402
 
-from tamis.attribution import AttributionTask  # noqa: E402
 from tamis.attribution.evaluation import (  # noqa: E402
     ground_truth,
     load_masks,
@@ -46,6 +45,7 @@ from tamis.attribution.evaluation import (  # noqa: E402
     save_masks,
     tail_patch,
 )
+from tamis.attribution.examples import ImageClassificationTask  # noqa: E402
 from tamis.data import load_fashion_mnist  # noqa: E402
 
 ANCHORS = ["dattri_logra", "dattri_trak", "traker", "kronfluence_ekfac", "bergson"]
@@ -53,15 +53,8 @@ BERGSON_ERROR = ("not run: bergson needs its own venv (torch 2.9.1 + torchvision
                  "torchaudio 2.9, about 7 GB); not installed on this machine in this session")
 
 
-class CETask(AttributionTask):
-    """Cross-entropy per example; the query measurement is the query's loss."""
-
-    def compute_train_loss(self, batch, model):
-        x, y = batch
-        return F.cross_entropy(model(x), y, reduction="none")
-
-    def compute_measurement(self, batch, model):
-        return self.compute_train_loss(batch, model)
+class CETask(ImageClassificationTask):
+    """Cross-entropy per example on the MLP's two linear layers."""
 
     def tracked_modules(self, model):
         return ["fc1", "fc2"]

@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from tamis.attribution import (
-    AttributionTask,
     BuildConfig,
     CurvatureConfig,
     FactorConfig,
@@ -34,17 +32,10 @@ from tamis.attribution import (
     query_gradients,
     score_gradients,
 )
+from tamis.attribution.examples import ImageClassificationTask
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-
-
-class Task(AttributionTask):
-    def compute_train_loss(self, batch, model):
-        x, y = batch
-        return F.cross_entropy(model(x), y, reduction="none")
-
-    def compute_measurement(self, batch, model):
-        return self.compute_train_loss(batch, model)
+TASK = ImageClassificationTask()
 
 
 def main() -> None:
@@ -64,20 +55,20 @@ def main() -> None:
     train = TensorDataset(x[: args.n], y[: args.n])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = build_store(Task(), model, train, Path(tmp) / "s",
+        store = build_store(TASK, model, train, Path(tmp) / "s",
                             ProjectionConfig(d1=args.d, d2=args.d, clip_to_layer=True),
                             FactorConfig(1, "float16"), BuildConfig(batch_size=500, progress=False))
         curv = fit_curvature(store, CurvatureConfig(rank=args.r, cache_projections=True),
                              progress=False)
-        dense = build_store(Task(), model, train, Path(tmp) / "dense",
+        dense = build_store(TASK, model, train, Path(tmp) / "dense",
                             ProjectionConfig(d1=args.d, d2=args.d, clip_to_layer=True),
                             FactorConfig(None, "float16"), BuildConfig(batch_size=500,
                                                                        progress=False))
         dense_curv = fit_curvature(dense, CurvatureConfig(kind="dense"), progress=False)
         for nq in args.queries:
             queries = TensorDataset(x[args.n : args.n + nq], y[args.n : args.n + nq])
-            qf = query_gradients(Task(), model, queries, store, progress=False, factors=True)
-            qd = query_gradients(Task(), model, queries, dense, progress=False)
+            qf = query_gradients(TASK, model, queries, store, progress=False, factors=True)
+            qd = query_gradients(TASK, model, queries, dense, progress=False)
             scores = {}
             runs = [("LoGRA dense, full inverse", dense, dense_curv, qd, "reconstruct")] + [
                 (f"LoRIF c=1 r={args.r}", store, curv, qf, k)
