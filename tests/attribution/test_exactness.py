@@ -246,25 +246,16 @@ def test_chunked_sharded_resumed_equal_in_memory(tmp_path, c):
     expected = _in_memory_scores(model, task, train, queries, proj, c, curvature)
 
     flaky = Interrupting(train, fail_at=17)
-    with pytest.raises(KeyboardInterrupt):
-        build_store(
-            task,
-            model,
-            flaky,
-            tmp_path / "many",
-            proj,
-            FactorConfig(c, "float64"),
-            BuildConfig(batch_size=4, shard_size=5, compute_dtype="float64", progress=False),
+    small_shards = BuildConfig(batch_size=4, shard_size=5, compute_dtype="float64", progress=False)
+
+    def build_many():
+        return build_store(
+            task, model, flaky, tmp_path / "many", proj, FactorConfig(c, "float64"), small_shards
         )
-    resumed = build_store(
-        task,
-        model,
-        flaky,
-        tmp_path / "many",
-        proj,
-        FactorConfig(c, "float64"),
-        BuildConfig(batch_size=4, shard_size=5, compute_dtype="float64", progress=False),
-    )
+
+    with pytest.raises(KeyboardInterrupt):
+        build_many()
+    resumed = build_many()
     assert len(resumed.manifest["shards"]) == 6
     for store, chunk in ((one, 1000), (resumed, 3)):
         curv = fit_curvature(
