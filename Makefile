@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.tamis-installed
 CONSTRAINTS := $(VENV)/constraints.txt
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test lint bench-env clean data
+.PHONY: setup demo test lint bench-env bench-env-bergson clean data
 
 setup: $(STAMP)
 
@@ -41,6 +41,25 @@ lint: $(STAMP)
 # Competing libraries for benchmarks/ (never needed by demo or tests).
 bench-env: $(STAMP)
 	$(BIN)/pip install -c $(CONSTRAINTS) -e '.[bench]'
+
+# bergson (issue 3's last anchor) in its own venv: its pins clash with .venv-bench.
+# bergson 2.5.1 declares torchvision and torchaudio but imports neither (nor does
+# `import bergson` load them), and the newest torchaudio on PyPI (2.11) pins a torch that
+# is a multi-GB CUDA download here: so bergson goes in with --no-deps on the same CPU torch
+# as the other venvs, followed by its other declared requirements, pinned to the versions
+# the benchmark ran with (about 1.7 GB). `pip check` lists the two missing packages.
+BERGSON_VENV := benchmarks/.venv-bergson
+BERGSON_VERSION := 2.5.1
+BERGSON_DEPS := accelerate==1.15.0 bitsandbytes==0.50.2 datasets==5.2.0 \
+	huggingface_hub==2.4.0 jaxtyping==0.3.11 Jinja2==3.1.6 ml_dtypes==0.6.0 natsort==8.4.0 \
+	numpy==2.4.6 peft==0.21.2 petname==2.9 pyarrow==26.0.1 PyYAML==6.0.4 scipy==1.17.1 \
+	simple-parsing==0.1.9 torchopt==0.7.3 transformers==5.24.0
+bench-env-bergson:
+	@test -x $(BERGSON_VENV)/bin/python || $(PYTHON) -m venv $(BERGSON_VENV)
+	$(BERGSON_VENV)/bin/pip install --quiet torch==$(TORCH_VERSION)
+	$(BERGSON_VENV)/bin/pip install --quiet --no-deps bergson==$(BERGSON_VERSION)
+	$(BERGSON_VENV)/bin/pip install --quiet -c benchmarks/attribution/constraints.txt $(BERGSON_DEPS)
+	$(BERGSON_VENV)/bin/python -c "import bergson, torch; print('bergson', bergson.__version__, 'torch', torch.__version__)"
 
 clean:
 	rm -rf $(VENV) tamis-demo .pytest_cache

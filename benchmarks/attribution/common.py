@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "benchmarks" / "cache"
 BENCH_PY = ROOT / "benchmarks" / ".venv-bench" / "bin" / "python"
 ANCHOR_SCRIPT = Path(__file__).resolve().parent / "anchors.py"
+# bergson's pins (torchvision, torchaudio, transformers>=5) clash with the bench venv: it
+# runs from its own venv (`make bench-env-bergson`) with its own script
+BERGSON_PY = ROOT / "benchmarks" / ".venv-bergson" / "bin" / "python"
+BERGSON_SCRIPT = Path(__file__).resolve().parent / "anchor_bergson.py"
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -218,7 +223,10 @@ def run_tamis(spec: dict, task: Any, model: torch.nn.Module, train: Any, queries
 # -- anchors -----------------------------------------------------------------------------
 def run_anchor(setting: str, method: str, cache: Path, options: dict, timeout: int,
                reuse: bool = False, wait_s: float = 0.0) -> dict:
-    """Run one competing library in the bench venv; return its info dict (or its error).
+    """Run one competing library in its venv; return its info dict (or its error).
+
+    ``bergson`` runs anchor_bergson.py in benchmarks/.venv-bergson, every other method
+    anchors.py in benchmarks/.venv-bench.
 
     With ``reuse``, a configuration whose scores and info were kept by an earlier run on the
     same cached model (same model.pt checksum) is read back instead of rerun; ``wait_s``
@@ -241,10 +249,16 @@ def run_anchor(setting: str, method: str, cache: Path, options: dict, timeout: i
         time.sleep(10)
     for f in ("scores.npy", "info.json"):
         (out / f).unlink(missing_ok=True)
-    if not BENCH_PY.exists():
-        return {"method": method, "error": f"bench venv missing: {BENCH_PY}"}
-    cmd = [str(BENCH_PY), str(ANCHOR_SCRIPT), "--setting", setting, "--method", method,
-           "--cache", str(cache), "--out", str(out), "--options", json.dumps(options)]
+    if method == "bergson":
+        python, cmd_tail = BERGSON_PY, [str(BERGSON_SCRIPT)]
+        missing = "bergson venv missing (make bench-env-bergson)"
+    else:
+        python, cmd_tail = BENCH_PY, [str(ANCHOR_SCRIPT), "--method", method]
+        missing = "bench venv missing"
+    if not python.exists():
+        return {"method": method, **options, "error": f"{missing}: {python}"}
+    cmd = [str(python), *cmd_tail, "--setting", setting, "--cache", str(cache),
+           "--out", str(out), "--options", json.dumps(options)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parent)}
     t0 = time.perf_counter()
@@ -268,6 +282,77 @@ def run_anchor(setting: str, method: str, cache: Path, options: dict, timeout: i
     info["scores_path"] = str(kept)
     kept_info.write_text(json.dumps(info, indent=1))
     return info
+
+
+def update_anchors(name: str, methods: list[str], cache: Path,
+                   anchor_options: Callable[[str], list[dict]], timeout: int,
+                   tail_patch_fn: Callable[[np.ndarray], dict],
+                   md_extra: Callable[[list[dict], dict], str],
+                   extra_rows: Callable[[list[str]], list[dict]] | None = None,
+                   reuse: bool = False) -> Path:
+    """Rerun only ``methods`` (anchors) and replace their rows in an existing result.
+
+    Reads ``benchmarks/results/attribution_<name>.json``; the masks and the ground truth
+    come from the cache (the ground truth's key is rebuilt from the stored ``meta``; it is
+    never recomputed: a missing one is an error). Each anchor gets LDS, the Pearson sign
+    check against the stored tamis dense LoGRA scores, and the tail-patch
+    (``tail_patch_fn(top_k_indices) -> dict``) exactly as in the full run; the old rows of
+    those methods are replaced in place and the JSON/md/png and the targets are rewritten.
+    The tamis grid is not rerun.
+    """
+    from targets import targets_report
+
+    from tamis.attribution.evaluation import ground_truth, load_masks
+
+    path = RESULTS / f"attribution_{name}.json"
+    res = json.loads(path.read_text())
+    meta, rows = res["meta"], res["rows"]
+    masks = load_masks(cache / f"masks-M{meta['n_subsets']}-N{meta['setting']['n']}.npy")
+
+    def no_retrain(mask: np.ndarray, seed: int) -> np.ndarray:
+        raise RuntimeError(f"ground truth of {name} is not cached under {cache}: run the "
+                           "full benchmark first")
+
+    truth = ground_truth(no_retrain, masks, cache, meta["setting"],
+                         n_seeds=meta["n_seeds_per_subset"], progress=False)
+    d_max = max((r["D"] for r in rows if r.get("method") == "tamis logra"), default=None)
+    ref_path = cache / f"scores-logra-D{d_max}-cNone-rNone.npy"
+    ref = np.load(ref_path) if ref_path.exists() else None
+    new: list[dict] = []
+    for method in methods:
+        for opts in anchor_options(method):
+            print("anchor", method, opts, flush=True)
+            info = run_anchor(name, method, cache, opts, timeout, reuse=reuse)
+            if "scores_path" in info:
+                s_anchor = np.load(info["scores_path"])
+                add_lds(info, s_anchor, masks, truth)
+                if ref is not None:  # sign sanity check against tamis dense LoGRA
+                    info["mean_pearson_with_tamis_logra"] = float(np.mean(
+                        [np.corrcoef(s_anchor[i], ref[i])[0, 1] for i in range(len(ref))]))
+                if not info.get("error"):
+                    top = np.argsort(-s_anchor, axis=1, kind="stable")[:, :10]
+                    info["tail_patch"] = tail_patch_fn(top)
+            new.append(info)
+            print("  ->", info.get("lds", info.get("error", "")[-300:]), flush=True)
+    if extra_rows is not None:
+        new += extra_rows(methods)
+    at = next((i for i, r in enumerate(rows) if r.get("method") in methods), len(rows))
+    kept = [r for r in rows if r.get("method") not in methods]
+    at -= sum(1 for r in rows[:at] if r.get("method") in methods)
+    rows = kept[:at] + new + kept[at:]
+    meta.setdefault("anchor_updates", []).append(
+        {"command": command_line(), "methods": list(methods), "environment": environment(),
+         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    notes = targets_report(rows, meta)
+    meta["targets"] = notes["targets"]
+    done = "\n".join(f"- `{u['command']}` ({u['date_utc']}): rows of {', '.join(u['methods'])} "
+                     "rerun alone on the cached model, masks and ground truth"
+                     for u in meta["anchor_updates"])
+    base = write_results(name, meta, rows,
+                         f"Anchor updates after the run above:\n\n{done}\n\n"
+                         + md_extra(rows, notes))
+    print(notes["markdown"])
+    return base
 
 
 def file_sha(path: Path) -> str:

@@ -12,6 +12,8 @@ One command reruns it (ground truth is cached under benchmarks/cache/text_lm/)::
     .venv/bin/python benchmarks/attribution/text_lm.py --subsets 50
 
 ``--truth-only`` stops after the ground truth (so it can be computed ahead of the rest).
+``--update-anchors bergson`` reruns only those anchors on the cached model, masks and ground
+truth and replaces their rows in the existing results (the tamis grid is not rerun).
 Writes benchmarks/results/attribution_text_lm.{json,md,png}.
 """
 
@@ -38,6 +40,7 @@ from common import (  # noqa: E402
     run_anchor,
     run_tamis,
     tamis_grid,
+    update_anchors,
     write_results,
 )
 from models import CharLM, lm_loss, train_lm  # noqa: E402
@@ -53,8 +56,6 @@ from tamis.attribution.evaluation import (  # noqa: E402
 )
 
 ANCHORS = ["dattri_logra", "dattri_trak", "traker", "kronfluence_ekfac", "bergson"]
-BERGSON_ERROR = ("not run: bergson needs its own venv (torch 2.9.1 + torchvision 0.24.1 + "
-                 "torchaudio 2.9, about 7 GB); not installed on this machine in this session")
 LAYERS = [f"blocks.{b}.{n}" for b in range(2) for n in ("qkv", "proj", "fc1", "fc2")]
 
 
@@ -100,7 +101,9 @@ def main() -> None:
     p.add_argument("--tail-c", type=int, nargs="*", default=[1, 8],
                    help="c values that also get a 'lorif+tail' row (isotropic tail)")
     p.add_argument("--anchors", nargs="*", default=ANCHORS)
-    p.add_argument("--anchor-timeout", type=int, default=600)
+    p.add_argument("--anchor-timeout", type=int, default=1800,
+                   help="seconds per anchor configuration (bergson projection_dim=64 took "
+                        "10-16 min on a loaded machine)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--truth-only", action="store_true")
     p.add_argument("--wait-anchors", type=float, default=0.0,
@@ -111,8 +114,14 @@ def main() -> None:
     p.add_argument("--reuse-anchors", action="store_true",
                    help="read back anchor configurations kept by an earlier run on the same "
                         "model.pt instead of rerunning them")
+    p.add_argument("--update-anchors", nargs="+", metavar="METHOD", choices=ANCHORS,
+                   help="rerun only these anchors on the cached model/masks/ground truth and "
+                        "replace their rows in benchmarks/results/attribution_text_lm.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.update_anchors:
+        update_only(CACHE / "text_lm", args)
+        return
 
     ctx, arch = 64, {"d": 64, "layers": 2, "heads": 4, "ctx": 64}
     cache = CACHE / "text_lm"
@@ -146,7 +155,7 @@ def main() -> None:
 
     if args.anchors_only:
         for method in args.anchors:
-            for opts in anchor_options(method) if method != "bergson" else []:
+            for opts in anchor_options(method):
                 print("anchor", method, opts, flush=True)
                 info = run_anchor("text_lm", method, cache, opts, args.anchor_timeout)
                 print("  ->", info.get("error", "ok")[-300:], flush=True)
@@ -223,9 +232,6 @@ def main() -> None:
     ref_path = cache / f"scores-logra-D{max(args.D)}-cNone-rNone.npy"
     ref = np.load(ref_path) if ref_path.exists() else None
     for method in args.anchors:
-        if method == "bergson":
-            rows.append({"method": "bergson", "error": BERGSON_ERROR})
-            continue
         for opts in anchor_options(method):
             print("anchor", method, opts, flush=True)
             info = run_anchor("text_lm", method, cache, opts, args.anchor_timeout,
@@ -293,12 +299,39 @@ def energy_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def update_only(cache: Path, args: argparse.Namespace) -> None:
+    """``--update-anchors``: rerun only those anchors; tail-patch as in the full run."""
+    meta = json.loads((cache / "meta.json").read_text())
+    model = CharLM(meta["vocab"], d=meta["d"], layers=meta["n_layers"], heads=meta["heads"],
+                   ctx=meta["ctx"])
+    model.load_state_dict(torch.load(cache / "model.pt"))
+    model.eval()
+    train_ds = TensorDataset(*(torch.from_numpy(np.load(cache / f"train_{k}.npy"))
+                               for k in ("x", "y")))
+    query_ds = TensorDataset(*(torch.from_numpy(np.load(cache / f"query_{k}.npy"))
+                               for k in ("x", "y")))
+    task = LMTask()
+
+    def tp(top: np.ndarray) -> dict:
+        return tail_patch(task, model, train_ds, query_ds, top, k=10, lr=0.1, n_random=5,
+                          progress=False).to_dict()
+
+    def extra(methods: list[str]) -> list[dict]:
+        return [r for r in SKIPPED_ANCHORS if r["method"] in methods]
+
+    update_anchors("text_lm", args.update_anchors, cache, anchor_options, args.anchor_timeout,
+                   tp, lambda rows, notes: notes["markdown"] + "\n\n" + energy_table(rows),
+                   extra_rows=extra, reuse=args.reuse_anchors)
+
+
 def anchor_options(method: str) -> list[dict]:
     """Per-anchor configurations (projection dimensions comparable to the tamis grid)."""
     if method == "dattri_logra":
         return [{"proj_dim_per_layer": d} for d in (256, 1024, 4096)]
     if method in ("dattri_trak", "traker"):  # 4096 not run: see SKIPPED_ANCHORS
         return [{"proj_dim": d} for d in (256, 1024)]
+    if method == "bergson":  # p x p per layer: D/layer = 256, 1024, 4096
+        return [{"projection_dim": p} for p in (16, 32, 64)]
     return [{}]
 
 
