@@ -245,9 +245,6 @@ def main() -> None:
             rows.append(info)
             print("  ->", info.get("lds", info.get("error", "")[-300:]), flush=True)
 
-    if "dattri_trak" in args.anchors or "traker" in args.anchors:
-        rows += [r for r in SKIPPED_ANCHORS if r["method"] in args.anchors]
-
     # tail-patch on the same scores (k = 10, one SGD step, 5 random draws)
     for r in rows:
         path = r.get("scores_path") or r.get("_scores_file")
@@ -316,31 +313,20 @@ def update_only(cache: Path, args: argparse.Namespace) -> None:
         return tail_patch(task, model, train_ds, query_ds, top, k=10, lr=0.1, n_random=5,
                           progress=False).to_dict()
 
-    def extra(methods: list[str]) -> list[dict]:
-        return [r for r in SKIPPED_ANCHORS if r["method"] in methods]
-
     update_anchors("text_lm", args.update_anchors, cache, anchor_options, args.anchor_timeout,
                    tp, lambda rows, notes: notes["markdown"] + "\n\n" + energy_table(rows),
-                   extra_rows=extra, reuse=args.reuse_anchors)
+                   reuse=args.reuse_anchors)
 
 
 def anchor_options(method: str) -> list[dict]:
     """Per-anchor configurations (projection dimensions comparable to the tamis grid)."""
     if method == "dattri_logra":
         return [{"proj_dim_per_layer": d} for d in (256, 1024, 4096)]
-    if method in ("dattri_trak", "traker"):  # 4096 not run: see SKIPPED_ANCHORS
-        return [{"proj_dim": d} for d in (256, 1024)]
+    if method in ("dattri_trak", "traker"):
+        return [{"proj_dim": d} for d in (256, 1024, 4096)]
     if method == "bergson":  # p x p per layer: D/layer = 256, 1024, 4096
         return [{"projection_dim": p} for p in (16, 32, 64)]
     return [{}]
-
-
-SKIPPED_ANCHORS = [
-    {"method": m, "config": "proj_dim=4096", "D": 4096,
-     "error": "not run: time budget (proj_dim=256 alone took 3 min to featurize 2,000 "
-              "windows on one shared thread; the dense projection of the full ~110k-parameter "
-              "gradient grows linearly with proj_dim)"}
-    for m in ("dattri_trak", "traker")]
 
 
 if __name__ == "__main__":
