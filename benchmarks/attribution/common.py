@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -282,77 +281,6 @@ def run_anchor(setting: str, method: str, cache: Path, options: dict, timeout: i
     info["scores_path"] = str(kept)
     kept_info.write_text(json.dumps(info, indent=1))
     return info
-
-
-def update_anchors(name: str, methods: list[str], cache: Path,
-                   anchor_options: Callable[[str], list[dict]], timeout: int,
-                   tail_patch_fn: Callable[[np.ndarray], dict],
-                   md_extra: Callable[[list[dict], dict], str],
-                   extra_rows: Callable[[list[str]], list[dict]] | None = None,
-                   reuse: bool = False) -> Path:
-    """Rerun only ``methods`` (anchors) and replace their rows in an existing result.
-
-    Reads ``benchmarks/results/attribution_<name>.json``; the masks and the ground truth
-    come from the cache (the ground truth's key is rebuilt from the stored ``meta``; it is
-    never recomputed: a missing one is an error). Each anchor gets LDS, the Pearson sign
-    check against the stored tamis dense LoGRA scores, and the tail-patch
-    (``tail_patch_fn(top_k_indices) -> dict``) exactly as in the full run; the old rows of
-    those methods are replaced in place and the JSON/md/png and the targets are rewritten.
-    The tamis grid is not rerun.
-    """
-    from targets import targets_report
-
-    from tamis.attribution.evaluation import ground_truth, load_masks
-
-    path = RESULTS / f"attribution_{name}.json"
-    res = json.loads(path.read_text())
-    meta, rows = res["meta"], res["rows"]
-    masks = load_masks(cache / f"masks-M{meta['n_subsets']}-N{meta['setting']['n']}.npy")
-
-    def no_retrain(mask: np.ndarray, seed: int) -> np.ndarray:
-        raise RuntimeError(f"ground truth of {name} is not cached under {cache}: run the "
-                           "full benchmark first")
-
-    truth = ground_truth(no_retrain, masks, cache, meta["setting"],
-                         n_seeds=meta["n_seeds_per_subset"], progress=False)
-    d_max = max((r["D"] for r in rows if r.get("method") == "tamis logra"), default=None)
-    ref_path = cache / f"scores-logra-D{d_max}-cNone-rNone.npy"
-    ref = np.load(ref_path) if ref_path.exists() else None
-    new: list[dict] = []
-    for method in methods:
-        for opts in anchor_options(method):
-            print("anchor", method, opts, flush=True)
-            info = run_anchor(name, method, cache, opts, timeout, reuse=reuse)
-            if "scores_path" in info:
-                s_anchor = np.load(info["scores_path"])
-                add_lds(info, s_anchor, masks, truth)
-                if ref is not None:  # sign sanity check against tamis dense LoGRA
-                    info["mean_pearson_with_tamis_logra"] = float(np.mean(
-                        [np.corrcoef(s_anchor[i], ref[i])[0, 1] for i in range(len(ref))]))
-                if not info.get("error"):
-                    top = np.argsort(-s_anchor, axis=1, kind="stable")[:, :10]
-                    info["tail_patch"] = tail_patch_fn(top)
-            new.append(info)
-            print("  ->", info.get("lds", info.get("error", "")[-300:]), flush=True)
-    if extra_rows is not None:
-        new += extra_rows(methods)
-    at = next((i for i, r in enumerate(rows) if r.get("method") in methods), len(rows))
-    kept = [r for r in rows if r.get("method") not in methods]
-    at -= sum(1 for r in rows[:at] if r.get("method") in methods)
-    rows = kept[:at] + new + kept[at:]
-    meta.setdefault("anchor_updates", []).append(
-        {"command": command_line(), "methods": list(methods), "environment": environment(),
-         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    notes = targets_report(rows, meta)
-    meta["targets"] = notes["targets"]
-    done = "\n".join(f"- `{u['command']}` ({u['date_utc']}): rows of {', '.join(u['methods'])} "
-                     "rerun alone on the cached model, masks and ground truth"
-                     for u in meta["anchor_updates"])
-    base = write_results(name, meta, rows,
-                         f"Anchor updates after the run above:\n\n{done}\n\n"
-                         + md_extra(rows, notes))
-    print(notes["markdown"])
-    return base
 
 
 def file_sha(path: Path) -> str:
