@@ -82,6 +82,10 @@ def make_masks(n_train: int, n_subsets: int, alpha: float = 0.5, seed: int = 0) 
 def lds_predictions(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Datamodel predictions ``p[m, q] = sum_{i in S_m} scores[q, i]``, shape (M, Q).
 
+    Identical subsets get bit-identical predictions: the sums are computed once per distinct
+    mask (a BLAS product may round two identical rows differently depending on where they
+    sit, which would turn a tie into an arbitrary order and change the Spearman ranks).
+
     Args:
         scores: (Q, N) attribution scores, positive = helpful.
         masks: (M, N) subset membership (bool or 0/1).
@@ -90,7 +94,8 @@ def lds_predictions(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
     scores, masks = np.asarray(scores, dtype=np.float64), np.asarray(masks, dtype=np.float64)
     if scores.ndim != 2 or masks.ndim != 2 or scores.shape[1] != masks.shape[1]:
         raise ValueError(f"scores (Q, N) and masks (M, N) disagree: {scores.shape}, {masks.shape}")
-    return masks @ scores.T
+    distinct, inverse = np.unique(masks, axis=0, return_inverse=True)
+    return (distinct @ scores.T)[inverse.reshape(-1)]
 
 
 def lds_per_query(
