@@ -37,6 +37,11 @@ class DDPMConfig:
         timesteps: T of the linear beta schedule.
         beta_start: first beta.
         beta_end: last beta.
+        schedule: ``"linear"`` (betas from ``beta_start`` to ``beta_end``) or ``"cosine"``
+            (Nichol & Dhariwal 2021: ``alpha_bar(t) = cos^2((t/T + s)/(1 + s) * pi/2)``,
+            normalised, ``s = 0.008``, betas clipped at 0.999; the beta fields are unused).
+            The cosine schedule ends at ``alpha_bar ~ 0`` so sampling from pure noise matches
+            training; a linear schedule with small ``T`` does not.
 
     """
 
@@ -45,6 +50,7 @@ class DDPMConfig:
     timesteps: int = 200
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    schedule: str = "linear"
 
     def to_dict(self) -> dict:
         """Plain-dict form for checkpoint metadata."""

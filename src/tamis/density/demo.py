@@ -30,8 +30,8 @@ from tamis.report import Section
 from tamis.report.html import html_table
 
 N_REF = 6_000
-N_EVAL_REAL = 3_000
 N_FAKE = 1_000
+N_EVAL_REAL = N_FAKE  # equal real and fake set sizes for PRDC (Naeem et al. 2020)
 N_CURVE = 600
 FT_STEPS = 30
 
@@ -75,7 +75,9 @@ def demo_section(out_dir: Path, data_dir: Path | None = None) -> Section:
     rng = np.random.default_rng(0)
     ref = pl.images_tensor(train)[np.sort(rng.choice(len(train), min(N_REF, len(train)),
                                                      replace=False))]
-    real_eval = extract(f_e, pl.images_tensor(test)[:N_EVAL_REAL]).numpy()
+    test_x = pl.images_tensor(test)
+    pick = np.sort(np.random.default_rng(1000).permutation(len(test_x))[:N_EVAL_REAL])
+    real_eval = extract(f_e, test_x[pick]).numpy()
     steer = pl.fit_steering(f_g, ref)
     latent_dim = g.cfg.latent_dim
     shape = tuple(ref.shape[1:])
@@ -166,7 +168,8 @@ def demo_section(out_dir: Path, data_dir: Path | None = None) -> Section:
         f"steering with the pseudo density of {len(ref):,} training images in extractor F_g "
         "(k=20) "
         "through the MLP predictor; all metrics in an <em>independent</em> extractor F_e "
-        f"(k=5) against {len(real_eval)} test images, {N_FAKE} samples per row. "
+        f"(k=5) against a fixed random subset of {len(real_eval)} test images, {N_FAKE} "
+        "samples per row (equal sizes, as PRDC assumes). "
         "FD is the Frechet distance in F_e (not Inception FID). The GAN's samples sit below "
         f"the real data's density, so tau is the median predicted density of its own samples "
         f"(= reference percentile p{pct_mid:.0f}), giving about 2 candidates per sample.</p>",

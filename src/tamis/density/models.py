@@ -138,15 +138,32 @@ class TinyUNet(nn.Module):
         return self.out(u1)
 
 
+def ddpm_betas(cfg: DDPMConfig) -> torch.Tensor:
+    """The ``timesteps`` betas of ``cfg.schedule`` (``"linear"`` or ``"cosine"``), float64.
+
+    Raises:
+        ValueError: for an unknown schedule.
+
+    """
+    if cfg.schedule == "linear":
+        return torch.linspace(cfg.beta_start, cfg.beta_end, cfg.timesteps, dtype=torch.float64)
+    if cfg.schedule == "cosine":
+        s, steps = 0.008, cfg.timesteps
+        f = torch.cos((torch.arange(steps + 1, dtype=torch.float64) / steps + s) / (1 + s)
+                      * math.pi / 2) ** 2
+        return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown schedule {cfg.schedule!r} (use 'linear' or 'cosine')")
+
+
 class DDPM(nn.Module):
-    """A DDPM: the network plus its linear beta schedule; images live in [-1, 1] internally."""
+    """A DDPM: the network plus its beta schedule; images live in [-1, 1] internally."""
 
     def __init__(self, cfg: DDPMConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.net = TinyUNet(cfg)
-        betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.timesteps)
-        self.register_buffer("alpha_bar", torch.cumprod(1 - betas, 0))
+        betas = ddpm_betas(cfg)
+        self.register_buffer("alpha_bar", torch.cumprod(1 - betas, 0).float())
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
         """Denoising loss on images ``(B, 1, S, S)`` in [0, 1]."""
@@ -217,6 +234,11 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     state = {k: (v.float() if v.is_floating_point() else v)
              for k, v in load_file(str(path)).items()}
     module.load_state_dict(state)
+    if isinstance(module, DDPM):
+        # the schedule follows from the config: recompute it rather than trust the float16
+        # copy, which rounds the last cosine alpha_bar (~2e-9) to 0 (0/0 -> NaN in DDIM)
+        with torch.no_grad():
+            module.alpha_bar.copy_(torch.cumprod(1 - ddpm_betas(module.cfg), 0).float())
     return module.eval()
 
 
@@ -270,11 +292,35 @@ def train_gan(
 
 def train_ddpm(
     cfg: DDPMConfig, images: torch.Tensor, *, steps: int = 1000, batch_size: int = 64,
-    lr: float = 2e-3, seed: int = 0, progress: Callable[[int], None] | None = None,
+    lr: float = 2e-3, seed: int = 0, ema_decay: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> DDPM:
-    """Train a :class:`DDPM` with the epsilon loss; returns it in eval mode."""
+    """Train a :class:`DDPM` with the epsilon loss (Adam, one-cycle learning rate).
+
+    Args:
+        cfg: model and schedule.
+        images: training images ``(N, 1, S, S)`` in [0, 1].
+        steps: optimiser steps.
+        batch_size: images per step (drawn with replacement).
+        lr: peak learning rate.
+        seed: torch seed.
+        ema_decay: if given, keep an exponential moving average of the parameters,
+            ``ema <- decay * ema + (1 - decay) * param`` after every step, and return the
+            averaged model (the usual DDPM practice); ``None`` returns the raw weights.
+        progress: called with the step number after each step.
+
+    Returns:
+        The trained (or averaged) model in eval mode.
+
+    Raises:
+        ValueError: if ``ema_decay`` is outside [0, 1).
+
+    """
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     torch.manual_seed(seed)
     model = DDPM(cfg)
+    ema = [p.detach().clone() for p in model.parameters()] if ema_decay is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
     for step in range(steps):
@@ -283,8 +329,16 @@ def train_ddpm(
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema, model.parameters(), strict=True):
+                    e.mul_(ema_decay).add_(p.detach(), alpha=1 - ema_decay)
         if progress is not None:
             progress(step + 1)
+    if ema is not None:
+        with torch.no_grad():
+            for e, p in zip(ema, model.parameters(), strict=True):
+                p.copy_(e)
     return model.eval()
 
 
