@@ -43,21 +43,16 @@ from harness import (  # noqa: E402
 from models import MLP, train_mlp  # noqa: E402
 
 from tamis.attribution.evaluation import ground_truth, tail_patch  # noqa: E402
-from tamis.attribution.examples import ImageClassificationTask  # noqa: E402
+from tamis.attribution.examples import ClassificationTask  # noqa: E402
 from tamis.data import load_fashion_mnist  # noqa: E402
 
-
-class CETask(ImageClassificationTask):
-    """Cross-entropy per example on the MLP's two linear layers."""
-
-    def tracked_modules(self, model):
-        return ["fc1", "fc2"]
+TASK = ClassificationTask(["fc1", "fc2"])  # cross-entropy on the MLP's two linear layers
 
 
 def tail_patch_fn(model, train_ds, query_ds):
     """Tail-patch protocol of this setting: k = 10, one SGD step of lr 0.5, 5 random draws."""
     def run(top: np.ndarray) -> dict:
-        return tail_patch(CETask(), model, train_ds, query_ds, top, k=10, lr=0.5, n_random=5,
+        return tail_patch(TASK, model, train_ds, query_ds, top, k=10, lr=0.5, n_random=5,
                           progress=False).to_dict()
     return run
 
@@ -121,7 +116,7 @@ def main() -> None:
     train_ds, query_ds = TensorDataset(x, y), TensorDataset(xq, yq)
     rows = with_tail_rows(tamis_grid(args.D, args.c, args.r, n, max_rank_per_example=1),
                           args.tail_c)
-    score_grid(rows, CETask(), model, train_ds, query_ds, cache, args.batch_size)
+    score_grid(rows, TASK, model, train_ds, query_ds, cache, args.batch_size)
     add_grid_lds(rows, masks, truth)
     rows += score_anchors("fmnist_mlp", args.anchors, cache, masks, truth, args.anchor_timeout,
                           reference_scores(cache, rows), reuse=args.reuse_anchors)

@@ -32,10 +32,10 @@ from tamis.attribution import (
     query_gradients,
     score_gradients,
 )
-from tamis.attribution.examples import ImageClassificationTask
+from tamis.attribution.examples import ClassificationTask
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-TASK = ImageClassificationTask()
+TASK = ClassificationTask()
 
 
 def main() -> None:

@@ -84,12 +84,12 @@ from models import (  # noqa: E402
 )
 from text_lm import energy_table  # noqa: E402
 
-from tamis.attribution import AttributionTask  # noqa: E402
 from tamis.attribution.evaluation import (  # noqa: E402
     ground_truth,
     tail_patch,
     tail_patch_summary,
 )
+from tamis.attribution.examples import ClassificationTask  # noqa: E402
 
 NAME = "minilm_cls"
 LABELS = {"negative": 0, "neutral": 1, "positive": 2}
@@ -103,20 +103,6 @@ TRAK_NOTE = ("TRAK projects the per-example gradient of the tracked layers (4.43
              "for its first 25 examples, i.e. about an hour per 200, so its time limit is "
              "kept short (--trak-timeout)")
 TRAK = ("dattri_trak", "traker")
-
-
-class ClsTask(AttributionTask):
-    """Per-example cross-entropy of the 3-way head; the query measurement is the same."""
-
-    def compute_train_loss(self, batch, model):
-        x, y = batch
-        return F.cross_entropy(model(x), y, reduction="none")
-
-    def compute_measurement(self, batch, model):
-        return self.compute_train_loss(batch, model)
-
-    def tracked_modules(self, model):
-        return LAYERS
 
 
 def corpus() -> tuple[list[str], np.ndarray]:
@@ -266,7 +252,7 @@ def main() -> None:
 
     train_thr = plain_train_throughput(step, n, bs)
 
-    task = ClsTask()
+    task = ClassificationTask(LAYERS)
     train_ds, query_ds = TensorDataset(x, y), TensorDataset(xq, yq)
     rows = with_tail_rows(tamis_grid(args.D, args.c, args.r, n, max_rank_per_example=t_len),
                           args.tail_c)
@@ -431,8 +417,8 @@ def tail_patch_fn(model, train_ds, xq, yq, tp_q: int, lr: float, cache: Path):
 
     def run(top: np.ndarray) -> dict:
         first = ref["random"] is None
-        res = tail_patch(ClsTask(), model, train_ds, queries, top[:tp_q], k=10, lr=lr,
-                         n_random=5 if first else 1, progress=False)
+        res = tail_patch(ClassificationTask(LAYERS), model, train_ds, queries, top[:tp_q], k=10,
+                         lr=lr, n_random=5 if first else 1, progress=False)
         if first:
             ref["random"] = res.gain_random
             np.save(ref_file, ref["random"])

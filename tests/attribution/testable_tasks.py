@@ -8,23 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tamis.attribution import AttributionTask
-
-
-class ClassificationTask(AttributionTask):
-    """Cross-entropy per example; the measurement is the query's loss."""
-
-    def __init__(self, modules: list[str] | None = None) -> None:
-        self.modules = modules
-
-    def compute_train_loss(self, batch, model):
-        x, y = batch
-        return F.cross_entropy(model(x), y, reduction="none")
-
-    def compute_measurement(self, batch, model):
-        return self.compute_train_loss(batch, model)
-
-    def tracked_modules(self, model):
-        return self.modules
+from tamis.attribution.examples import ClassificationTask  # noqa: F401  (re-exported for tests)
 
 
 class SequenceTask(AttributionTask):

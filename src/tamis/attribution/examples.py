@@ -38,8 +38,16 @@ class TaskBundle:
     info: dict = field(default_factory=dict)
 
 
-class ImageClassificationTask(AttributionTask):
-    """Per-example cross-entropy for training; the query's cross-entropy as measurement."""
+class ClassificationTask(AttributionTask):
+    """Any classifier ``model(x) -> logits``: per-example cross-entropy, the query's loss.
+
+    Args:
+        modules: names of the layers to track (``None``: every supported layer).
+
+    """
+
+    def __init__(self, modules: list[str] | None = None) -> None:
+        self.modules = None if modules is None else list(modules)
 
     def compute_train_loss(self, batch, model):
         """Cross-entropy of each example."""
@@ -49,6 +57,13 @@ class ImageClassificationTask(AttributionTask):
     def compute_measurement(self, batch, model):
         """The query's loss (positive scores = training examples that lower it)."""
         return self.compute_train_loss(batch, model)
+
+    def tracked_modules(self, model):
+        """The layers given at construction, or ``None`` for every supported layer."""
+        return self.modules
+
+
+ImageClassificationTask = ClassificationTask  # the name the demo task was first given
 
 
 class SmallCNN(nn.Module):
@@ -152,7 +167,7 @@ def fashion_cnn(
             torch.save({"model": model.state_dict()}, tmp)
     info["test_accuracy"] = accuracy(model, queries)
     info["checkpoint"] = str(ckpt)
-    return TaskBundle(ImageClassificationTask(), model, train, queries, info)
+    return TaskBundle(ClassificationTask(), model, train, queries, info)
 
 
 def load_factory(spec: str) -> Callable[..., TaskBundle]:
