@@ -40,7 +40,6 @@ Option ``"precondition": false`` skips step 1 (gradient cosine similarity, bergs
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -52,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anchors import folder_bytes, peak_rss_mb  # noqa: E402  (shared with the other anchors)
+from anchors import anchor_arguments, folder_bytes, peak_rss_mb  # noqa: E402  (shared with the other anchors)
 from models import MLP, CharLM, MiniLMClassifier  # noqa: E402
 
 
@@ -215,15 +214,7 @@ def run(arch, model, layers, arr, out: Path, opts: dict) -> tuple[np.ndarray, di
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--setting", required=True)
-    p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--options", default="{}")
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    opts = json.loads(args.options)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args, opts = anchor_arguments()
     arch, model, layers, arr = load_setting(args.cache)
     import importlib.metadata as md
 

@@ -347,17 +347,26 @@ RUNNERS = {"dattri_logra": run_dattri_logra, "dattri_trak": run_dattri_trak,
            "traker": run_traker, "kronfluence_ekfac": run_kronfluence}
 
 
-def main() -> None:
+def anchor_arguments(methods: list[str] | None = None) -> tuple[argparse.Namespace, dict]:
+    """The command line every anchor script takes (see ``common.run_anchor``), parsed.
+
+    Returns the arguments (``--out`` created) and the decoded ``--options``; sets one thread.
+    """
     p = argparse.ArgumentParser()
     p.add_argument("--setting", required=True)
-    p.add_argument("--method", required=True, choices=sorted(RUNNERS))
+    if methods is not None:
+        p.add_argument("--method", required=True, choices=sorted(methods))
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--options", default="{}")
     args = p.parse_args()
     torch.set_num_threads(1)
-    opts = json.loads(args.options)
     args.out.mkdir(parents=True, exist_ok=True)
+    return args, json.loads(args.options)
+
+
+def main() -> None:
+    args, opts = anchor_arguments(list(RUNNERS))
     model, train, queries = load_setting(args.cache)
     import importlib.metadata as md
 
