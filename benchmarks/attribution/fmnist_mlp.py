@@ -32,8 +32,10 @@ from harness import (  # noqa: E402
     add_tail_patch,
     finish,
     fixed_masks,
+    load_data,
     plain_train_throughput,
     reference_scores,
+    save_data,
     score_anchors,
     score_grid,
     setting_parser,
@@ -79,8 +81,7 @@ def main() -> None:
           "lr": 3e-3, "weight_decay": 1e-3}
     setting = {"name": "fmnist_mlp", "data": "fashion-mnist train[:n], test[:q]", "n": n, "q": q,
                **hp}
-    for name, arr in (("train_x", x), ("train_y", y), ("query_x", xq), ("query_y", yq)):
-        np.save(cache / f"{name}.npy", arr.numpy())
+    save_data(cache, x, y, xq, yq)
 
     t0 = time.perf_counter()
     model = train_mlp(x, y, seed=12345, **hp)
@@ -144,8 +145,8 @@ def update_only(cache: Path, args) -> None:
     model = MLP(meta["hidden"])
     model.load_state_dict(torch.load(cache / "model.pt"))
     model.eval()
-    train_ds, query_ds = (TensorDataset(*(torch.from_numpy(np.load(cache / f"{s}_{k}.npy"))
-                                          for k in ("x", "y"))) for s in ("train", "query"))
+    x, y, xq, yq = load_data(cache)
+    train_ds, query_ds = TensorDataset(x, y), TensorDataset(xq, yq)
     update_anchors("fmnist_mlp", args.update_anchors, cache, args.anchor_timeout,
                    tail_patch_fn(model, train_ds, query_ds), reuse=args.reuse_anchors)
 

