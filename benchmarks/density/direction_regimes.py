@@ -104,9 +104,8 @@ def main() -> None:
 
     with torch.no_grad():
         tau = float(np.median(predicted(pl.generate(g, pl.latent_sampler(dim, 999)(5000)))))
-    result: dict = {"machine": platform.platform(), "n": n, "tau": tau,
-                    "command": "python benchmarks/density/direction_regimes.py "
-                               + " ".join(sys.argv[1:])}
+    result: dict = {"machine": platform.platform(), "n": n, "tau": tau}
+    command = "python benchmarks/density/direction_regimes.py " + " ".join(sys.argv[1:])
     if "gan" in parts:
         result["gan"] = gan_sweep(g, steer.scorer, f_e, score, tau, args)
         print(f"gan sweep done ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -118,7 +117,10 @@ def main() -> None:
     result["seconds"] = time.perf_counter() - t0
     out = args.results / "density_regimes.json"
     old = json.loads(out.read_text()) if out.exists() else {}
-    result = {**old, **result}
+    commands = old.pop("commands", {})
+    if "command" in old:  # results written before per-part commands were kept
+        commands["gan,oracle"] = old.pop("command")
+    result = {**old, **result, "commands": {**commands, ",".join(sorted(parts)): command}}
     args.results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(result, indent=2))
     write_text_atomic(args.results / "density_regimes.md", markdown(result))
@@ -174,7 +176,15 @@ def oracle(real: torch.Tensor, g, predicted, f_e, score, args) -> dict:  # noqa:
     gan_x = pl.generate(g, pl.latent_sampler(g.cfg.latent_dim, 7)(pool))
     gan_pred, gan_fe = predicted(gan_x), extract(f_e, gan_x).numpy()
     rho_pix = pixel_density(real)
-    out: dict = {}
+    # how realistic are the GAN's samples at each level of predicted density? (tenths of the
+    # pool by predicted density, each scored against the same number of test images)
+    edges = np.quantile(gan_pred, np.linspace(0, 1, 11))
+    tenths = []
+    for i in range(10):
+        idx = np.flatnonzero((gan_pred >= edges[i]) & (gan_pred <= edges[i + 1]))[: args.n]
+        tenths.append({"predicted_density": [float(edges[i]), float(edges[i + 1])],
+                       **score(gan_fe[idx], 0)})
+    out: dict = {"gan_tenths": tenths}
     for alpha in (0.0, 2.0):
         p = rho_pix**alpha / (rho_pix**alpha).sum()
         for pi in (0.0, 0.25, 0.5, 1.0):
@@ -212,7 +222,8 @@ def _checks(w: float, d: dict) -> str:
 def markdown(r: dict) -> str:
     lines = [
         "# Pseudo density: when do recall and coverage move the expected way?", "",
-        f"Reproduce: `{r['command']}` (1 thread). Machine: {r['machine']}. "
+        "Reproduce (1 thread): " + "; ".join(f"`{c}`" for c in r["commands"].values())
+        + f". Machine: {r['machine']}. "
         f"{r['n']} samples per setting scored against {r['n']} real test images in F_e "
         "(PRDC, k = 5); paired Δ to the baseline, mean ± s.d. over seeds. "
         "Expected: fidelity (w > 1, +ε) raises precision/density and lowers recall/coverage; "
@@ -243,12 +254,23 @@ def markdown(r: dict) -> str:
                   "| generator | base P / R / C | w | Δ precision | Δ density | Δ recall | "
                   "Δ coverage | as expected (P, D, R, C) |", "|---|---|---|---|---|---|---|---|"]
         for name, o in r["oracle"].items():
+            if name == "gan_tenths":
+                continue
             b = o["baseline"]
             for w in ("20", "2", "0.5", "0.1"):
                 d = o["delta"][w]
                 lines.append(f"| {name} | {b['precision']:.3f} / {b['recall']:.3f} / "
                              f"{b['coverage']:.3f} | {w} | {_cell(d)} | "
                              f"{_checks(float(w), d)} |")
+    if "gan_tenths" in r.get("oracle", {}):
+        lines += ["", "### The bundled GAN's samples by predicted density (tenths of 20,000 "
+                  "samples; each tenth's first n scored against n test images)", "",
+                  "| tenth | predicted density | precision | recall | density | coverage |",
+                  "|---|---|---|---|---|---|"]
+        for i, t in enumerate(r["oracle"]["gan_tenths"]):
+            lo, hi = t["predicted_density"]
+            lines.append(f"| {i + 1} | {lo:.2f}–{hi:.2f} | " + " | ".join(
+                f"{t[k]:.3f}" for k in KEYS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -268,6 +290,8 @@ def plot(r: dict, path: Path) -> None:
                                       for k, v in r["gan"]["delta"].items()
                                       if k.startswith("IS")}
     for name, o in r.get("oracle", {}).items():
+        if name == "gan_tenths":
+            continue
         if name.endswith("pi=0") or name.endswith("pi=0.5"):
             curves[f"oracle {name}"] = {float(k): v for k, v in o["delta"].items()}
     for ax, key in zip(axes, ("recall", "coverage"), strict=True):
