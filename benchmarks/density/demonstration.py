@@ -367,25 +367,13 @@ def ddpm_finetune(ckpt: Path, ref: torch.Tensor, ref_density: np.ndarray, ev, se
     for w in [float(v) for v in args.ddpm_ft_ws.split(",")]:
         for seed in seeds:
             model = copy.deepcopy(base).train()
-            params = list(model.parameters())
-            for p in params:
+            for p in model.parameters():
                 p.requires_grad_(True)
-            # the checkpoint holds EMA weights, so fine-tune with an EMA too (started from them)
-            ema = [p.detach().clone() for p in params]
-
-            def update_ema(_step: int, params: list = params, ema: list = ema) -> None:
-                with torch.no_grad():
-                    for e, p in zip(ema, params, strict=True):
-                        e.lerp_(p, 1.0 - args.ddpm_ft_ema)
-
             torch.manual_seed(seed)
-            finetune_with_loss(model.loss, params, ref, ref_density, tau=tau_r, w=w,
+            # the checkpoint holds EMA weights, so fine-tune with an EMA too (started from them)
+            finetune_with_loss(model.loss, model.parameters(), ref, ref_density, tau=tau_r, w=w,
                                steps=args.ddpm_ft_steps, batch_size=64, lr=args.ddpm_ft_lr,
-                               seed=seed, progress=update_ema if args.ddpm_ft_ema else None)
-            if args.ddpm_ft_ema:
-                with torch.no_grad():
-                    for e, p in zip(ema, params, strict=True):
-                        p.copy_(e)
+                               seed=seed, ema_decay=args.ddpm_ft_ema or None)
             x = sample(model.eval(), seed)
             rows.setdefault(f"{w:g}", []).append(ev(x, seed))
             if seed == seeds[0] and w in (0.2, 1.0, 5.0):

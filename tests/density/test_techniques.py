@@ -160,3 +160,48 @@ def test_finetune_with_loss_sees_weighted_batches():
                        steps=50, batch_size=4)
     vals = torch.cat(seen)[:, 0]
     assert (vals == 3).float().mean() > 0.9
+
+
+def test_finetune_with_loss_ema_matches_a_hand_written_average():
+    """The EMA option equals a plain loop: Adam steps, then ema = d * ema + (1 - d) * param."""
+    data = torch.linspace(-1, 1, 8).view(8, 1)
+    dens = np.linspace(0.5, 1.5, 8)
+
+    def run(ema_decay):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(1, 1)
+        seen = []
+
+        def loss_fn(batch):
+            seen.append(batch.clone())
+            return ((lin(batch) - 2 * batch) ** 2).mean()
+
+        finetune_with_loss(loss_fn, lin.parameters(), data, dens, tau=1.0, w=3.0, steps=20,
+                           batch_size=4, lr=0.05, ema_decay=ema_decay)
+        return lin, seen
+
+    got, _ = run(0.9)
+    raw, batches = run(None)
+    # reference: replay the same batches with Adam and a hand-written average
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(1, 1)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.05)
+    avg = [p.detach().clone() for p in ref.parameters()]
+    for b in batches:
+        loss = ((ref(b) - 2 * b) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        avg = [0.9 * a + 0.1 * p.detach() for a, p in zip(avg, ref.parameters(), strict=True)]
+    for g, a, p_raw, p_ref in zip(got.parameters(), avg, raw.parameters(), ref.parameters(),
+                                  strict=True):
+        torch.testing.assert_close(g.detach(), a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p_raw.detach(), p_ref.detach())
+    assert not torch.allclose(got.weight, raw.weight)  # the average differs from the raw end
+
+
+def test_finetune_with_loss_rejects_a_bad_ema_decay():
+    param = torch.zeros(1, requires_grad=True)
+    with pytest.raises(ValueError, match="ema_decay"):
+        finetune_with_loss(lambda b: (param * b).sum(), [param], torch.ones(4, 1), [1.0] * 4,
+                           tau=1.0, w=2.0, steps=1, batch_size=2, ema_decay=1.0)

@@ -188,11 +188,15 @@ def finetune_with_loss(
     batch_size: int = 64,
     lr: float = 1e-4,
     seed: int = 0,
+    ema_decay: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Fine-tune any model whose loss is a function of a real batch (e.g. a diffusion loss).
 
-    The real batches come from :func:`weighted_sampler`; there is no fake side.
+    The real batches come from :func:`weighted_sampler`; there is no fake side. Diffusion
+    checkpoints usually hold EMA weights; fine-tuning them raw with Adam can degrade even an
+    unweighted control, so ``ema_decay`` keeps an exponential moving average started from the
+    initial parameters and writes it into them at the end.
 
     Args:
         loss_fn: real batch -> scalar loss (e.g. the denoising loss of a DDPM).
@@ -205,13 +209,22 @@ def finetune_with_loss(
         batch_size: batch size.
         lr: learning rate.
         seed: sampler seed.
+        ema_decay: if given, ``ema <- decay * ema + (1 - decay) * param`` after every step,
+            and the parameters are set to the average when done; ``None`` keeps the raw ones.
         progress: called with the step number.
 
     Returns:
         The loss per step.
 
+    Raises:
+        ValueError: if ``ema_decay`` is outside [0, 1).
+
     """
-    opt = torch.optim.Adam(parameters, lr=lr)  # type: ignore[arg-type]
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    params = list(parameters)  # type: ignore[call-overload]
+    opt = torch.optim.Adam(params, lr=lr)
+    ema = [p.detach().clone() for p in params] if ema_decay is not None else None
     batches = infinite_batches(real, weighted_sampler(densities, tau, w, seed=seed), batch_size)
     losses = []
     for step in range(steps):
@@ -219,7 +232,15 @@ def finetune_with_loss(
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema, params, strict=True):
+                    e.lerp_(p, 1.0 - ema_decay)  # type: ignore[operator]
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1)
+    if ema is not None:
+        with torch.no_grad():
+            for e, p in zip(ema, params, strict=True):
+                p.copy_(e)
     return losses
