@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from tamis._io import atomic_path, write_text_atomic
-from tamis.data import load_fashion_mnist
 from tamis.density import pipeline as pl
 from tamis.density.finetune import finetune_gan
 from tamis.density.metrics import frechet_distance, prdc
@@ -40,6 +39,9 @@ from tamis.density.sampling import (
     temperature_noise,
     truncate_latents,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol import setup, single_thread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 METRICS = ("precision", "recall", "density", "coverage", "fd")
@@ -97,36 +99,20 @@ def main() -> None:
         write_text_atomic(results / "density_demonstration.md", markdown(result))
         return
     parts = set(args.parts.split(","))
-    torch.set_num_threads(1)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    single_thread()
     t0 = time.perf_counter()
-    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
-    models = pl.load_models(train)
+    proto = setup()
+    models, steer, test_feats = proto.models, proto.steer, proto.test_feats
     g, d, f_g, f_e = models.generator, models.discriminator, models.steer, models.evaluate
-    for net in (g, d, f_g, f_e):
-        for p in net.parameters():
-            p.requires_grad_(False)
-    rng = np.random.default_rng(0)
-    ref = pl.images_tensor(train)[np.sort(rng.choice(len(train), 10_000, replace=False))]
-    test_feats = extract(f_e, pl.images_tensor(test)).numpy()
-    # equal-size protocol: for seed s, the reals are the first len(fake) test images of a
-    # fixed permutation (seed 1000 + s); FD uses all 10,000 test images
+    ref = pl.images_tensor(proto.train)[proto.ref_idx]
     ddpm_seeds = ([int(x) for x in args.ddpm_seeds.split(",")] if args.ddpm_seeds
                   else list(range(args.seeds)))
-    perms = {s: np.random.default_rng(1000 + s).permutation(len(test_feats))
-             for s in sorted({*range(args.seeds), *ddpm_seeds})}
-    steer = pl.fit_steering(f_g, ref)
     ref_density = steer.density.reference_density
     dim, shape, n = g.cfg.latent_dim, (1, 28, 28), args.n
 
     def ev(images: torch.Tensor, seed: int) -> dict:
         f = extract(f_e, images).numpy()
-        real = test_feats[perms[seed][: len(f)]]
+        real = proto.reals(seed, len(f))  # FD below uses all 10,000 test images
         m = prdc(real=real, fake=f, k=5)
         m["fd"] = frechet_distance(real=test_feats, fake=f)
         with torch.no_grad():
@@ -263,8 +249,7 @@ def main() -> None:
     if "ddpm" in parts and ckpt.exists():
         t1 = time.perf_counter()
         ddpm = load_checkpoint(ckpt)
-        for p in ddpm.parameters():
-            p.requires_grad_(False)
+        pl.freeze(ddpm)
         steps = args.ddim_steps
 
         def gen_ddpm(x_t: torch.Tensor) -> torch.Tensor:

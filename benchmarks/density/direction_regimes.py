@@ -36,13 +36,15 @@ import numpy as np
 import torch
 
 from tamis._io import atomic_path, write_text_atomic
-from tamis.data import load_fashion_mnist
 from tamis.density import pipeline as pl
 from tamis.density.metrics import prdc
 from tamis.density.models import extract
 from tamis.density.perturb import perturb_latents
 from tamis.density.pseudo_density import PseudoDensity
 from tamis.density.sampling import importance_accept, importance_sample
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol import setup, single_thread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 KEYS = ("precision", "recall", "density", "coverage")
@@ -71,32 +73,15 @@ def main() -> None:
     ap.add_argument("--parts", default="gan,oracle")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    single_thread()
     t0 = time.perf_counter()
     parts = set(args.parts.split(","))
-    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
-    models = pl.load_models(train)
-    g, f_g, f_e = models.generator, models.steer, models.evaluate
-    for net in (g, f_g, f_e):
-        for p in net.parameters():
-            p.requires_grad_(False)
-    rng = np.random.default_rng(0)
-    ref_idx = np.sort(rng.choice(len(train), 10_000, replace=False))
-    images = pl.images_tensor(train)
-    steer = pl.fit_steering(f_g, images[ref_idx])
-    test_feats = extract(f_e, pl.images_tensor(test)).numpy()
-    perms = [np.random.default_rng(1000 + s).permutation(len(test_feats))
-             for s in range(args.seeds)]
+    proto = setup()
+    g, f_e, steer = proto.models.generator, proto.models.evaluate, proto.steer
     dim, n = g.cfg.latent_dim, args.n
 
     def score(fake_feats: np.ndarray, seed: int) -> dict:
-        return prdc(real=test_feats[perms[seed][: len(fake_feats)]], fake=fake_feats, k=5)
+        return prdc(real=proto.reals(seed, len(fake_feats)), fake=fake_feats, k=5)
 
     def predicted(x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -110,8 +95,9 @@ def main() -> None:
         result["gan"] = gan_sweep(g, steer.scorer, f_e, score, tau, args)
         print(f"gan sweep done ({time.perf_counter() - t0:.0f} s)", flush=True)
     if "oracle" in parts:
-        rest = np.setdiff1d(np.arange(len(train)), ref_idx)
-        result["oracle"] = oracle(images[rest[:20_000]], g, predicted, f_e, score, args)
+        rest = np.setdiff1d(np.arange(len(proto.train)), proto.ref_idx)
+        real = pl.images_tensor(proto.train)[rest[:20_000]]
+        result["oracle"] = oracle(real, g, predicted, f_e, score, args)
         result["oracle_seeds"] = args.seeds
         print(f"oracle done ({time.perf_counter() - t0:.0f} s)", flush=True)
     result["seconds"] = time.perf_counter() - t0

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tamis._io import atomic_path, write_text_atomic
 from tamis.density.finetune import finetune_gan
 from tamis.density.metrics import prdc
+from tamis.density.models import fit_gan
 from tamis.density.perturb import perturb_latents
+from tamis.density.pipeline import freeze
 from tamis.density.predictor import train_predictor
 from tamis.density.pseudo_density import PseudoDensity
 from tamis.density.sampling import importance_sample, truncate_latents
@@ -64,21 +65,7 @@ class Flat(nn.Module):
 def train_gan(x: torch.Tensor, steps: int, seed: int) -> tuple[nn.Module, nn.Module]:
     """Non-saturating GAN, Adam 2e-4 (0.5, 0.999), batch 256."""
     torch.manual_seed(seed)
-    g, d = mlp(LATENT, 2), Flat()
-    og = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))
-    od = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999))
-    for _ in range(steps):
-        xb = x[torch.randint(0, len(x), (256,))]
-        fake = g(torch.randn(256, LATENT))
-        ld = F.softplus(-d(xb)).mean() + F.softplus(d(fake.detach())).mean()
-        od.zero_grad()
-        ld.backward()
-        od.step()
-        lg = F.softplus(-d(fake)).mean()
-        og.zero_grad()
-        lg.backward()
-        og.step()
-    return g.eval(), d.eval()
+    return fit_gan(mlp(LATENT, 2), Flat(), x, latent_dim=LATENT, steps=steps, batch_size=256)
 
 
 def sampler(seed: int, dim: int = LATENT):  # noqa: ANN201
@@ -105,14 +92,11 @@ def main() -> None:
     for seed in range(args.seeds):
         g, d = train_gan(train, args.train_steps, seed)
         dim = LATENT
-        for net in (g, d):
-            for p in net.parameters():
-                p.requires_grad_(False)
+        freeze(g, d)
         ref = train[:10_000].numpy()
         pd = PseudoDensity(k=20).fit(ref)
         pred, _ = train_predictor(ref, pd.reference_density, epochs=30, patience=5, seed=seed)
-        for p in pred.parameters():
-            p.requires_grad_(False)
+        freeze(pred)
         scorer = pred  # features are the coordinates
         with torch.no_grad():
             tau = float(np.median(scorer(g(sampler(999, dim)(5000))).numpy()))

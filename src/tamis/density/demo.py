@@ -69,9 +69,7 @@ def demo_section(out_dir: Path, data_dir: Path | None = None) -> Section:
     test = load_image_dataset("test", data_dir)
     models = pl.load_models(train, log=console.append)
     g, d, f_g, f_e = models.generator, models.discriminator, models.steer, models.evaluate
-    for net in (g, d, f_g, f_e):
-        for p in net.parameters():
-            p.requires_grad_(False)
+    pl.freeze(g, d, f_g, f_e)
     rng = np.random.default_rng(0)
     ref = pl.images_tensor(train)[np.sort(rng.choice(len(train), min(N_REF, len(train)),
                                                      replace=False))]

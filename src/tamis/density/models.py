@@ -271,11 +271,30 @@ def train_gan(
     """Train a DCGAN (non-saturating loss, Adam 0.5/0.999); returns both nets in eval mode."""
     torch.manual_seed(seed)
     g, d = Generator(cfg), Discriminator(cfg)
+    return fit_gan(g, d, images, latent_dim=cfg.latent_dim, steps=steps,
+                   batch_size=batch_size, lr=lr, progress=progress)
+
+
+def fit_gan(
+    generator: nn.Module, discriminator: nn.Module, images: torch.Tensor, *, latent_dim: int,
+    steps: int = 1000, batch_size: int = 64, lr: float = 2e-4,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[nn.Module, nn.Module]:
+    """Train any generator/discriminator pair from scratch or on (non-saturating loss).
+
+    Each step draws ``batch_size`` real rows with replacement and ``N(0, I)`` latents of width
+    ``latent_dim`` from torch's global generator, updates D, then G (Adam, betas 0.5/0.999).
+
+    Returns:
+        Both networks in eval mode.
+
+    """
+    g, d = generator, discriminator
     og = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
     od = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
     for step in range(steps):
         x = images[torch.randint(0, images.shape[0], (batch_size,))]
-        z = torch.randn(batch_size, cfg.latent_dim)
+        z = torch.randn(batch_size, latent_dim)
         fake = g(z)
         ld = F.softplus(-d(x)).mean() + F.softplus(d(fake.detach())).mean()
         od.zero_grad()

@@ -91,6 +91,13 @@ def load_models(
     return DemoModels(g, d, steer, ev, source="trained now (fallback)")
 
 
+def freeze(*modules: torch.nn.Module) -> None:
+    """Turn off the gradients of every parameter of ``modules`` (steering and scoring nets)."""
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
 def density_scorer(extractor: FeatureCNN, predictor: DensityPredictor) -> Callable:
     """Differentiable images -> predicted pseudo density, ``predictor(extractor(x))``."""
 
@@ -125,8 +132,7 @@ def fit_steering(
     feats = extract(extractor, real).numpy()
     pd = PseudoDensity(k=k).fit(feats)
     pred, _ = train_predictor(feats, pd.reference_density, epochs=epochs, patience=5, seed=seed)
-    for p in pred.parameters():
-        p.requires_grad_(False)
+    freeze(pred)
     return Steering(pd, pred, density_scorer(extractor, pred))
 
 
