@@ -19,6 +19,8 @@ console = Console()
 TOOLS: dict[str, str] = {
     "attribute": "tamis.attribution",
     "density": "tamis.density",
+    "seeds": "tamis.seeds",
+    "rationale": "tamis.rationale",
 }
 
 
