@@ -71,7 +71,8 @@ def _write(tmp_path, *objs_or_lines) -> Path:
 @pytest.mark.parametrize("obj, msg", [
     ({"text": "good beer"}, r"bad.jsonl:2: line has no 'ratings'"),
     ({"text": "", "ratings": {"a": 0.5}}, r"bad.jsonl:2: empty text"),
-    ({"text": "ok", "ratings": {"zzz": 0.5}}, r"unknown aspect\(s\) \['zzz'\]; known aspects: \['a'\]"),
+    ({"text": "ok", "ratings": {"zzz": 0.5}},
+     r"unknown aspect\(s\) \['zzz'\]; known aspects: \['a'\]"),
     ({"text": "ok", "ratings": {"a": 1.5}}, r"outside \[0, 1\]"),
     ({"text": "ok", "ratings": {"a": "high"}}, r"must be a number"),
     ({"ratings": {"a": 0.5}}, r"neither 'text' nor 'tokens'"),

@@ -503,14 +503,14 @@ _GENERIC = (
 )
 _SPECIFIC = {
     "appearance": (("ugly", "murky", "unattractive"), ("dull", "cloudy", "flat"),
-                   ("plain", "ordinary", "unremarkable"), ("pretty", "attractive", "clear"),
+                   ("plain", "ordinary", "unremarkable"), ("pretty", "attractive", "appealing"),
                    ("gorgeous", "beautiful", "stunning")),
     "aroma": (("stinky", "foul", "rotten"), ("faint", "stale", "musty"),
               ("modest", "mild", "subtle"), ("fragrant", "fresh", "inviting"),
               ("aromatic", "intoxicating", "heavenly")),
-    "palate": (("watery", "harsh", "astringent"), ("thin", "prickly", "sticky"),
-               ("light", "passable", "unremarkable"), ("smooth", "balanced", "lively"),
-               ("silky", "creamy", "luscious")),
+    "palate": (("watery", "harsh", "astringent"), ("flabby", "prickly", "sticky"),
+               ("adequate", "passable", "unremarkable"), ("smooth", "balanced", "lively"),
+               ("silky", "velvety", "luscious")),
     "taste": (("sour", "metallic", "acrid"), ("bland", "muted", "bitter"),
               ("simple", "mild", "ordinary"), ("tasty", "flavorful", "rich"),
               ("delicious", "superb", "delightful")),
