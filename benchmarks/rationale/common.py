@@ -1,0 +1,166 @@
+"""Shared harness of the rationale benchmarks: the synthetic corpora, one cached run, tables.
+
+Every run is keyed by a name; its result (configuration, per-epoch history, test scores before
+and after sparsity matching, wall time) is stored in ``benchmarks/results/rationale_runs.json``
+(atomic rewrite after each run), so a rerun skips finished runs. A run in progress checkpoints
+every epoch under ``benchmarks/rationale/runs/<name>/`` (git-ignored) and resumes from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tamis._io import write_text_atomic
+from tamis.rationale.config import RationaleConfig
+from tamis.rationale.data import ReviewSet, SyntheticConfig, synthetic_reviews
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS_JSON = RESULTS / "rationale_runs.json"
+RUN_DIR = Path(__file__).resolve().parent / "runs"
+
+# The CPU budget (one thread): ~1-2 minutes per run.
+N_TRAIN, N_DEV, N_TEST = 3000, 500, 500
+MAX_LEN = 96
+SHORTCUT = 0.5
+BASE = dict(max_len=MAX_LEN, filters=100, width=5, encoder="cnn", embedding="glove")
+
+
+def corpus(rho: float, shortcut: float = SHORTCUT, seed: int = 0,
+           **kw: object) -> tuple[ReviewSet, ReviewSet, ReviewSet]:
+    """Train / dev / test splits of one synthetic corpus (all annotated; dev and test disjoint)."""
+    cfg = SyntheticConfig(n_reviews=N_TRAIN + N_DEV + N_TEST, correlation=rho,
+                          shortcut=shortcut, max_len=MAX_LEN, seed=seed, **kw)  # type: ignore[arg-type]
+    rs = synthetic_reviews(cfg)
+    return (rs.subset(range(N_TRAIN)), rs.subset(range(N_TRAIN, N_TRAIN + N_DEV)),
+            rs.subset(range(N_TRAIN + N_DEV, len(rs))))
+
+
+def gold_rate(rs: ReviewSet) -> np.ndarray:
+    """Per-aspect gold selection rate in percent (micro over tokens)."""
+    masks = [rs.gold_masks(i) for i in range(len(rs))]
+    return 100 * np.concatenate(masks, axis=1).mean(axis=1)
+
+
+def load_runs() -> dict:
+    """The cached results (empty if none)."""
+    if RUNS_JSON.exists():
+        return json.loads(RUNS_JSON.read_text())
+    return {}
+
+
+def _clean(x: object) -> object:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return _clean(x.item())
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    return x
+
+
+def save_run(name: str, result: dict) -> None:
+    """Add one run's result to the cache (re-read first: the cache may have grown)."""
+    runs = load_runs()
+    runs[name] = _clean(result)
+    write_text_atomic(RUNS_JSON, json.dumps(runs, indent=1, sort_keys=True) + "\n")
+
+
+def _f1_row(scores: dict, aspects: tuple[str, ...]) -> dict:
+    return {a: {k: scores[a][k] for k in ("sparsity", "precision", "recall", "f1", "leakage")}
+            for a in (*aspects, "_all")} | {"overlap": scores["_all"]["overlap"]}
+
+
+def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | None = None,
+        log=print, **overrides: object) -> dict:
+    """Train (or fetch from the cache) one configuration and score it on the test split.
+
+    Args:
+        name: the cache key.
+        rho: the corpus's rating correlation.
+        method: ``RationaleConfig.method``.
+        seed: the training seed (the corpus is fixed per ``rho``).
+        target: per-aspect sparsity target in percent for the matched-sparsity scores
+            (calibrated on dev with ``calibrate_sparsity``, scored on test); default: the
+            dev gold rate.
+        log: a line printer.
+        **overrides: further ``RationaleConfig`` fields.
+
+    Returns:
+        The result dict (also cached).
+
+    """
+    runs = load_runs()
+    if name in runs:
+        log(f"[skip] {name} (cached)")
+        return runs[name]
+    from tamis.rationale.training import calibrate_sparsity, evaluate, fit
+
+    torch.set_num_threads(1)
+    train, dev, test = corpus(rho)
+    if target is None:
+        target = np.round(gold_rate(dev), 1)
+    cfg = RationaleConfig(method=method, **{**BASE, **overrides})  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    out_dir = RUN_DIR / name
+
+    def epoch_log(h: dict) -> None:
+        f1 = h.get("dev_rationale", {}).get("_all", {}).get("f1", float("nan"))
+        log(f"  {name} {h.get('stage')} epoch {h.get('epoch')}: dev F1 {f1:.1f}")
+
+    res = fit(train, cfg, dev=dev, out_dir=out_dir, seed=seed, progress=False, log=epoch_log)
+    model = res.model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = evaluate(model, test)
+        achieved_dev = calibrate_sparsity(model, dev, target, tol=0.5)
+        matched = evaluate(model, test)
+    wall = time.perf_counter() - t0
+    aspects = tuple(train.aspects)
+    history = [{"stage": h.get("stage"), "epoch": h.get("epoch"),
+                "dev_f1": {a: h["dev_rationale"][a]["f1"] for a in (*aspects, "_all")}
+                if "dev_rationale" in h else None,
+                "dev_sparsity": {a: h["dev_rationale"][a]["sparsity"] for a in aspects}
+                if "dev_rationale" in h else None,
+                "dev_mse": h.get("dev_rating", {}).get("_all", {}).get("mse")}
+               for h in res.history]
+    result = {
+        "name": name, "rho": rho, "method": method, "seed": seed,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "stages"} | {
+            "stages": None if cfg.stages is None else [asdict(s) for s in cfg.stages]},
+        "corpus": {"n_train": N_TRAIN, "n_dev": N_DEV, "n_test": N_TEST, "max_len": MAX_LEN,
+                   "shortcut": SHORTCUT, "correlation": rho, "seed": 0},
+        "target_sparsity": target.tolist(), "dev_sparsity_after_calibration": achieved_dev,
+        "raw": _f1_row(raw["rationale"], aspects), "raw_rating": raw["rating"],
+        "matched": _f1_row(matched["rationale"], aspects), "matched_rating": matched["rating"],
+        "history": history, "fit_wall_s": res.wall_s, "wall_s": wall,
+        "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+    }
+    save_run(name, result)
+    m = result["matched"]
+    log(f"[done] {name}: {wall:.0f} s; raw F1 {result['raw']['_all']['f1']:.1f}, matched F1 "
+        f"{m['_all']['f1']:.1f} at S " + "/".join(f"{m[a]['sparsity']:.1f}" for a in aspects))
+    return result
+
+
+def fmt(x: object, nd: int = 1) -> str:
+    """A number for a table (``-`` for missing)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{nd}f}"
+
+
+__all__ = ["corpus", "fmt", "gold_rate", "load_runs", "replace", "run", "save_run"]
