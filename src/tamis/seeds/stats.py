@@ -1,0 +1,262 @@
+"""Seed statistics (pure): reliability, top seeds, chi-square, placement, bootstrap CIs.
+
+Failures (``correct is None``) are excluded from every statistic and counted separately.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One judged image.
+
+    Attributes:
+        category: reliability category ("count=3").
+        seed: the seed.
+        prompt: the prompt text.
+        correct: the verdict (None = failure).
+        positions: object centroids in [0, 1]^2, if the judge localises.
+
+    """
+
+    category: str
+    seed: int
+    prompt: str
+    correct: bool | None
+    positions: tuple[tuple[float, float], ...] | None = None
+
+
+def observations(rows: Iterable[Mapping]) -> list[Observation]:
+    """Observations from mining-result rows (see :mod:`tamis.seeds.mining`)."""
+    out = []
+    for row in rows:
+        verdict = row["verdict"]
+        pos = verdict.get("positions")
+        out.append(
+            Observation(
+                category=row["prompt"]["category"],
+                seed=int(row["seed"]),
+                prompt=row["prompt"]["text"],
+                correct=verdict.get("correct"),
+                positions=tuple(tuple(p) for p in pos) if pos is not None else None,
+            )
+        )
+    return out
+
+
+def seed_reliability(obs: Sequence[Observation]) -> dict[str, dict[int, dict]]:
+    """Per category, per seed: ``{"correct", "n", "failures", "accuracy"}``.
+
+    ``accuracy`` is correct / n over judged (non-failed) images, None if none was judged.
+    """
+    table: dict[str, dict[int, dict]] = defaultdict(dict)
+    for o in obs:
+        cell = table[o.category].setdefault(o.seed, {"correct": 0, "n": 0, "failures": 0})
+        if o.correct is None:
+            cell["failures"] += 1
+        else:
+            cell["n"] += 1
+            cell["correct"] += int(bool(o.correct))
+    for seeds in table.values():
+        for cell in seeds.values():
+            cell["accuracy"] = cell["correct"] / cell["n"] if cell["n"] else None
+    return {c: dict(sorted(s.items())) for c, s in sorted(table.items())}
+
+
+def top_seeds(reliability: Mapping[str, Mapping[int, Mapping]], n: int = 3) -> dict[str, list[int]]:
+    """The ``n`` most reliable seeds per category (ties: more images, then smaller seed).
+
+    Raises:
+        ValueError: ``n < 1``.
+
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    out = {}
+    for category, seeds in reliability.items():
+        judged = [(s, c) for s, c in seeds.items() if c["n"] > 0]
+        judged.sort(key=lambda sc: (-sc[1]["accuracy"], -sc[1]["n"], sc[0]))
+        out[category] = [s for s, _ in judged[:n]]
+    return out
+
+
+def chi_square(obs: Sequence[Observation]) -> dict[str, dict]:
+    """Chi-square test of independence seed x correct, per category (no Yates correction).
+
+    Returns per category ``{"chi2", "p", "dof", "cramers_v", "n", "n_seeds"}``. A table where
+    every image is correct (or every image wrong) has no variation: chi2 = 0, p = 1, V = 0.
+    """
+    from scipy.stats import chi2_contingency
+
+    rel = seed_reliability(obs)
+    out = {}
+    for category, seeds in rel.items():
+        table = np.array(
+            [[c["correct"], c["n"] - c["correct"]] for c in seeds.values() if c["n"] > 0],
+            dtype=float,
+        )
+        n = int(table.sum())
+        if len(table) < 2 or (table.sum(axis=0) == 0).any():
+            out[category] = {"chi2": 0.0, "p": 1.0, "dof": max(len(table) - 1, 0),
+                             "cramers_v": 0.0, "n": n, "n_seeds": len(table)}
+            continue
+        chi2, p, dof, _ = chi2_contingency(table, correction=False)
+        k = min(table.shape) - 1
+        out[category] = {"chi2": float(chi2), "p": float(p), "dof": int(dof),
+                         "cramers_v": float(math.sqrt(chi2 / (n * k))), "n": n,
+                         "n_seeds": len(table)}
+    return out
+
+
+def accuracy_spread(reliability: Mapping[str, Mapping[int, Mapping]]) -> dict[str, dict]:
+    """Per category: min, max, range, mean and (population) std of per-seed accuracies."""
+    out = {}
+    for category, seeds in reliability.items():
+        acc = np.array([c["accuracy"] for c in seeds.values() if c["n"] > 0], dtype=float)
+        if acc.size == 0:
+            continue
+        out[category] = {"min": float(acc.min()), "max": float(acc.max()),
+                         "range": float(acc.max() - acc.min()), "mean": float(acc.mean()),
+                         "std": float(acc.std()), "n_seeds": int(acc.size)}
+    return out
+
+
+def placement_heatmaps(obs: Sequence[Observation], bins: int = 8) -> dict[int, np.ndarray]:
+    """Per seed, a (bins, bins) histogram of object centroids (row = y, column = x)."""
+    maps: dict[int, np.ndarray] = {}
+    for o in obs:
+        if o.positions is None or o.correct is None:
+            continue
+        h = maps.setdefault(o.seed, np.zeros((bins, bins)))
+        for x, y in o.positions:
+            i = min(int(y * bins), bins - 1)
+            j = min(int(x * bins), bins - 1)
+            h[max(i, 0), max(j, 0)] += 1
+    return dict(sorted(maps.items()))
+
+
+def entropy_bits(hist: np.ndarray) -> float:
+    """Shannon entropy (bits) of a histogram normalised to a distribution (0 if empty)."""
+    total = hist.sum()
+    if total <= 0:
+        return 0.0
+    p = hist.ravel() / total
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def placement_entropy(maps: Mapping[int, np.ndarray]) -> dict:
+    """Per-seed and pooled heatmap entropy; a seed that fixes the layout has lower entropy."""
+    per_seed = {s: entropy_bits(h) for s, h in maps.items()}
+    pooled = entropy_bits(sum(maps.values())) if maps else 0.0
+    mean = float(np.mean(list(per_seed.values()))) if per_seed else 0.0
+    return {"per_seed": per_seed, "mean_per_seed": mean, "pooled": pooled}
+
+
+def centroid_variance_explained(obs: Sequence[Observation]) -> dict[str, dict]:
+    """Share of the per-image centroid variance explained by the seed (one-way ANOVA).
+
+    Each image's centroid is the mean of its object positions. For x and y:
+    ``eta2 = SS_between / SS_total`` and the F test's ``F`` and ``p``.
+    """
+    from scipy.stats import f_oneway
+
+    groups: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for o in obs:
+        if o.positions and o.correct is not None:
+            groups[o.seed].append(tuple(np.mean(np.asarray(o.positions, float), axis=0)))
+    out = {}
+    for axis, name in enumerate(("x", "y")):
+        data = [np.array([c[axis] for c in g]) for g in groups.values() if g]
+        allv = np.concatenate(data) if data else np.zeros(0)
+        ss_total = float(((allv - allv.mean()) ** 2).sum()) if allv.size else 0.0
+        ss_between = float(sum(len(g) * (g.mean() - allv.mean()) ** 2 for g in data))
+        eta2 = ss_between / ss_total if ss_total > 0 else 0.0
+        if len(data) >= 2 and allv.size > len(data) and ss_total > 0:
+            f, p = f_oneway(*data)
+            f, p = float(f), float(p)
+        else:
+            f, p = float("nan"), float("nan")
+        out[name] = {"eta2": eta2, "F": f, "p": p, "n": int(allv.size), "n_seeds": len(data)}
+    return out
+
+
+def _per_prompt(obs: Sequence[Observation]) -> dict[str, tuple[int, int]]:
+    table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for o in obs:
+        if o.correct is None:
+            continue
+        table[o.prompt][0] += int(bool(o.correct))
+        table[o.prompt][1] += 1
+    return {p: (c, n) for p, (c, n) in table.items()}
+
+
+def bootstrap_accuracy(
+    obs: Sequence[Observation], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """Accuracy with a percentile bootstrap CI over prompts (images of a prompt move together).
+
+    Returns ``{"accuracy", "lo", "hi", "n", "n_prompts", "failures"}``.
+    """
+    table = _per_prompt(obs)
+    failures = sum(o.correct is None for o in obs)
+    if not table:
+        return {"accuracy": None, "lo": None, "hi": None, "n": 0, "n_prompts": 0,
+                "failures": failures}
+    counts = np.array(list(table.values()), dtype=float)
+    acc = counts[:, 0].sum() / counts[:, 1].sum()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(counts), size=(n_boot, len(counts)))
+    boot = counts[idx, 0].sum(axis=1) / counts[idx, 1].sum(axis=1)
+    alpha = (1 - level) / 2
+    return {"accuracy": float(acc), "lo": float(np.quantile(boot, alpha)),
+            "hi": float(np.quantile(boot, 1 - alpha)), "n": int(counts[:, 1].sum()),
+            "n_prompts": len(counts), "failures": failures}
+
+
+def bootstrap_relative_gain(
+    base: Sequence[Observation],
+    arm: Sequence[Observation],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Relative gain (acc_arm - acc_base) / acc_base with a paired bootstrap CI over prompts.
+
+    Only prompts judged in both arms are used; the same resampled prompts enter both.
+
+    Raises:
+        ValueError: no prompt in common.
+
+    """
+    tb, ta = _per_prompt(base), _per_prompt(arm)
+    common = sorted(set(tb) & set(ta))
+    if not common:
+        raise ValueError("the two arms share no judged prompt")
+    b = np.array([tb[p] for p in common], dtype=float)
+    a = np.array([ta[p] for p in common], dtype=float)
+
+    def gain(bb: np.ndarray, aa: np.ndarray) -> np.ndarray:
+        acc_b = bb[..., 0].sum(-1) / bb[..., 1].sum(-1)
+        acc_a = aa[..., 0].sum(-1) / aa[..., 1].sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (acc_a - acc_b) / acc_b
+
+    point = float(gain(b, a))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(common), size=(n_boot, len(common)))
+    boot = gain(b[idx], a[idx])
+    boot = boot[np.isfinite(boot)]
+    alpha = (1 - level) / 2
+    lo = float(np.quantile(boot, alpha)) if boot.size else float("nan")
+    hi = float(np.quantile(boot, 1 - alpha)) if boot.size else float("nan")
+    return {"gain": point, "lo": lo, "hi": hi, "n_prompts": len(common),
+            "acc_base": float(b[:, 0].sum() / b[:, 1].sum()),
+            "acc_arm": float(a[:, 0].sum() / a[:, 1].sum())}

@@ -1,0 +1,84 @@
+"""Seed statistics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tamis.seeds.stats import (
+    Observation,
+    accuracy_spread,
+    bootstrap_accuracy,
+    bootstrap_relative_gain,
+    centroid_variance_explained,
+    chi_square,
+    entropy_bits,
+    placement_entropy,
+    placement_heatmaps,
+    seed_reliability,
+    top_seeds,
+)
+
+
+def _obs(category, seed, outcomes, prompt_prefix="p"):
+    return [Observation(category, seed, f"{prompt_prefix}{i}", c) for i, c in enumerate(outcomes)]
+
+
+def test_reliability_top_and_failures_excluded():
+    obs = _obs("count=2", 0, [True] * 8 + [False] * 2 + [None] * 3)
+    obs += _obs("count=2", 1, [True] * 2 + [False] * 8)
+    obs += _obs("count=2", 2, [True] * 8 + [False] * 2 + [True] * 2)  # 10/12
+    rel = seed_reliability(obs)
+    assert rel["count=2"][0] == {"correct": 8, "n": 10, "failures": 3, "accuracy": 0.8}
+    assert rel["count=2"][2]["accuracy"] == pytest.approx(10 / 12)
+    assert top_seeds(rel, 2) == {"count=2": [2, 0]}
+    spread = accuracy_spread(rel)["count=2"]
+    assert spread["range"] == pytest.approx(10 / 12 - 0.2)
+    with pytest.raises(ValueError):
+        top_seeds(rel, 0)
+
+
+def test_chi_square_by_hand():
+    obs = _obs("c", 0, [True] * 8 + [False] * 2) + _obs("c", 1, [True] * 2 + [False] * 8)
+    r = chi_square(obs)["c"]
+    # expected 5 in every cell: chi2 = 4 * 3^2 / 5 = 7.2; V = sqrt(7.2 / 20)
+    assert r["chi2"] == pytest.approx(7.2) and r["dof"] == 1
+    assert r["cramers_v"] == pytest.approx(math.sqrt(7.2 / 20))
+    assert r["p"] == pytest.approx(math.erfc(math.sqrt(7.2 / 2)))  # chi2(1) survival
+    flat = chi_square(_obs("c", 0, [True] * 3) + _obs("c", 1, [True] * 3))["c"]
+    assert flat["p"] == 1.0 and flat["cramers_v"] == 0.0
+
+
+def test_heatmaps_entropy_and_anova():
+    obs = [
+        Observation("c", 0, "a", True, ((0.1, 0.1),)),
+        Observation("c", 0, "b", True, ((0.1, 0.2),)),
+        Observation("c", 1, "a", True, ((0.9, 0.9),)),
+        Observation("c", 1, "b", True, ((0.9, 0.8),)),
+    ]
+    maps = placement_heatmaps(obs, bins=2)
+    assert maps[0].tolist() == [[2, 0], [0, 0]] and maps[1].tolist() == [[0, 0], [0, 2]]
+    ent = placement_entropy(maps)
+    assert ent["mean_per_seed"] == 0.0 and ent["pooled"] == pytest.approx(1.0)
+    assert entropy_bits(np.array([1, 1, 1, 1])) == pytest.approx(2.0)
+    var = centroid_variance_explained(obs)
+    # x: groups {0.1, 0.1} and {0.9, 0.9}: all variance between seeds
+    assert var["x"]["eta2"] == pytest.approx(1.0)
+    # y: values 0.1, 0.2 | 0.9, 0.8; grand mean 0.5; SS_total = .16+.09+.16+.09 = .5;
+    # SS_between = 2 * .35^2 * 2 = .49
+    assert var["y"]["eta2"] == pytest.approx(0.49 / 0.5)
+
+
+def test_bootstrap_point_and_gain():
+    base = _obs("c", 0, [True, False, False, False]) + _obs("c", 1, [True, True, False, False])
+    arm = _obs("c", 0, [True, True, False, True]) + _obs("c", 1, [True, True, True, False])
+    b = bootstrap_accuracy(base, n_boot=200)
+    assert b["accuracy"] == pytest.approx(3 / 8) and b["n_prompts"] == 4
+    assert b["lo"] <= b["accuracy"] <= b["hi"]
+    g = bootstrap_relative_gain(base, arm, n_boot=200)
+    assert g["gain"] == pytest.approx((6 / 8 - 3 / 8) / (3 / 8))
+    assert g["lo"] <= g["gain"] <= g["hi"]
+    with pytest.raises(ValueError, match="share no judged prompt"):
+        bootstrap_relative_gain(base, _obs("c", 0, [True], "q"))
