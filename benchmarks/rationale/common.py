@@ -28,11 +28,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS_JSON = RESULTS / "rationale_runs.json"
 RUN_DIR = Path(__file__).resolve().parent / "runs"
 
-# The CPU budget (one thread): ~1-2 minutes per run.
-N_TRAIN, N_DEV, N_TEST = 3000, 500, 500
+# The CPU budget (one thread, shared machine): ~1-2 minutes per run.
+N_TRAIN, N_DEV, N_TEST = 1500, 300, 500
 MAX_LEN = 96
 SHORTCUT = 0.5
-BASE = dict(max_len=MAX_LEN, filters=100, width=5, encoder="cnn", embedding="glove")
+BASE = dict(max_len=MAX_LEN, filters=100, width=5, encoder="cnn", embedding="glove",
+            joint_epochs=10, stage1_epochs=3, stage2_epochs=5, stage3_epochs=2)
 
 
 def corpus(rho: float, shortcut: float = SHORTCUT, seed: int = 0,
