@@ -125,7 +125,7 @@ class Generator(nn.Module):
 
     The output bias starts at ``log(alpha_k)`` / ``log(1 - sum alpha)`` (softmax) or
     ``logit(alpha_k)`` (Bernoulli), so the initial selection rate is about ``alpha`` (the
-    note's collapse guard); the weights start small so the bias dominates.
+    note's collapse guard); the weights keep PyTorch's default initialisation.
     """
 
     def __init__(
@@ -141,7 +141,6 @@ class Generator(nn.Module):
         n_out = self.k + 1 if selector == "softmax" else self.k
         self.head = nn.Linear(self.encoder.out_dim, n_out)
         with torch.no_grad():
-            self.head.weight.mul_(0.1)
             a = torch.tensor(alphas, dtype=torch.float32)
             if selector == "softmax":
                 self.head.bias.copy_(torch.cat([a.log(), (1 - a.sum()).log().view(1)]))
@@ -226,6 +225,7 @@ class Predictor(nn.Module):
         super().__init__()
         self.k = k
         self.pooling = cfg.pooling
+        self.pool_over = cfg.pool_over
         self.embed = _embedding(matrix, _trainable_embeddings(cfg))
         self.encoder = make_encoder(cfg, matrix.shape[1], pretrained)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -246,7 +246,8 @@ class Predictor(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions ``(B, K)`` in (0, 1) and the hidden states ``(B, K, L, H)``."""
         h = self.hidden(ids, pad, m)
-        w = m * pad.unsqueeze(1).to(m.dtype)
+        p = pad.unsqueeze(1).to(m.dtype)
+        w = m * p if self.pool_over == "selection" else p.expand_as(m)
         pooled = pool(h, w, self.pooling)
         out = (self.dropout(pooled) * self.head_w).sum(-1) + self.head_b
         return out.sigmoid(), h

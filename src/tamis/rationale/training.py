@@ -15,7 +15,6 @@ continues from the last one, and the result is identical to an uninterrupted run
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 import warnings
@@ -160,7 +159,7 @@ def step_loss(
         pred, _ = model.predict_masked(ids, pad, m)
         task = L.task_loss(pred, y, cfg.task)
         logs["task"] = float(task.sum().detach())
-        return task.sum(), logs, None
+        return cfg.task_scale() * task.sum(), logs, None
     train_gen = "generator" in stage.train
     if train_gen:
         sel = model.select(ids, pad, tau, cfg.estimator)
@@ -175,7 +174,7 @@ def step_loss(
     alpha_k = torch.tensor(model.alphas, dtype=m.dtype)
     sp = L.sparsity_loss(m, pad, alpha_k, cfg.sparsity_reduction)
     ct = L.continuity_loss(m, pad)
-    total = task.sum()
+    total = cfg.task_scale() * task.sum()
     logs.update(task=float(task.sum().detach()), sparsity=float(sp.sum().detach()),
                 continuity=float(ct.sum().detach()))
     if train_gen:
@@ -206,7 +205,7 @@ def step_loss(
         soft, _ = model.soft_predictor(ids, pad, probs)
         soft_task = L.task_loss(soft, y, cfg.task)
         gap = L.hard_soft_gap(pred, soft, cfg.task)
-        total = total + soft_task.sum() + cfg.a2r_lambda * gap.sum()
+        total = total + cfg.task_scale() * (soft_task.sum() + cfg.a2r_lambda * gap.sum())
         logs.update(soft_task=float(soft_task.sum().detach()), gap=float(gap.sum().detach()))
     logs["total"] = float(total.detach())
     return total, logs, m.detach()
@@ -231,7 +230,7 @@ def _reinforce_loss(
             bce = -(t * p.log() + (1 - t) * (1 - p).log())
             err = torch.where(valid, bce, torch.zeros_like(pred))
         sp, ct = L.per_review_costs(m, pad, alpha.view(1, -1))
-        cost = err + cfg.lambda_sparsity * sp + cfg.lambda_continuity * ct  # (B, K)
+        cost = cfg.task_scale() * err + cfg.lambda_sparsity * sp + cfg.lambda_continuity * ct
         if logp.shape[1] == 1:
             cost = cost.sum(1, keepdim=True)
         mean = cost.mean(0)
@@ -498,45 +497,79 @@ def _train_epoch(
 
 
 # ---------------------------------------------------------------------- sparsity matching
+@torch.no_grad()
+def token_logits(model: RationaleModel, reviews: object, batch_size: int = 256) -> np.ndarray:
+    """Generator logits of every real token of ``reviews``, stacked: ``(T, C)``."""
+    tokens = model._tokens(reviews)
+    was = model.training
+    model.eval()
+    ids_all, lengths = model.vocab.encode(tokens, model.cfg.max_len, warn=False)
+    rows = []
+    for s in range(0, len(tokens), batch_size):
+        lens = lengths[s : s + batch_size]
+        width = max(int(lens.max()) if len(lens) else 1, 1)
+        pad = (torch.arange(width).unsqueeze(0) < lens.unsqueeze(1)).float()
+        lg = model.logits(ids_all[s : s + batch_size, :width], pad)
+        rows.append(lg[pad > 0].numpy())
+    model.train(was)
+    return np.concatenate(rows, 0) if rows else np.zeros((0, 1), np.float32)
+
+
+def _rates(logits: np.ndarray, offset: np.ndarray, selector: str) -> np.ndarray:
+    k = offset.shape[0]
+    if selector == "softmax":
+        shifted = logits.copy()
+        shifted[:, :k] += offset
+        win = shifted.argmax(1)
+        return 100.0 * np.array([(win == a).mean() for a in range(k)])
+    return 100.0 * ((logits + offset) > 0).mean(0)
+
+
 def calibrate_sparsity(
     model: RationaleModel, reviews: object, target: float | Sequence[float],
-    tol: float = 0.5, max_iter: int = 40,
+    tol: float = 0.5, rounds: int = 10,
 ) -> np.ndarray:
     """Shift the aspect logits at inference so each aspect selects ``target`` percent.
 
-    This is an inference-time threshold on the generator (``model.offset``, saved with the
-    model), found by bisection per aspect, repeated over aspects because the K+1 argmax couples
-    them. Training-time alpha tuning (FR/MGR) is the alternative; this one is deterministic and
-    needs no retraining. ``target`` is in percent (e.g. 15.0), one or per aspect.
+    This is an inference-time threshold on the generator: a per-aspect offset added to the
+    aspect logits before the argmax (``model.offset``, saved with the model). It is found by
+    bisection per aspect on the cached token logits of ``reviews``, in Gauss-Seidel rounds
+    because the K+1 argmax couples the aspects. Training-time alpha tuning (FR/MGR) is the
+    alternative; this one is deterministic and needs no retraining. ``target`` is in percent
+    (e.g. 15.0), one value or one per aspect.
 
     Returns:
-        the achieved selection percentages per aspect (within ``tol`` of the target unless
-        the selection cannot move, e.g. ties).
+        the achieved selection percentages per aspect (a warning says so when some aspect
+        stays outside ``tol``, e.g. because of ties between tokens).
 
     """
     k = len(model.aspects)
     tgt = np.broadcast_to(np.asarray(target, dtype=np.float64), (k,)).copy()
     if ((tgt <= 0) | (tgt >= 100)).any():
         raise ValueError(f"target must be in percent (0, 100), got {target!r}")
-    lo = np.full(k, -30.0)
-    hi = np.full(k, 30.0)
-    rate = selection_percent(model, reviews)
-    for _ in range(max_iter):
+    logits = token_logits(model, reviews).astype(np.float64)
+    if logits.shape[0] == 0:
+        raise ValueError("calibrate_sparsity needs reviews with at least one token")
+    offset = model.offset.numpy().astype(np.float64).copy()
+    rate = _rates(logits, offset, model.selector)
+    for _ in range(rounds):
         if (np.abs(rate - tgt) <= tol).all():
             break
         for a in range(k):
-            if abs(rate[a] - tgt[a]) <= tol:
-                continue
-            cur = float(model.offset[a])
-            if rate[a] < tgt[a]:
-                lo[a] = cur
-            else:
-                hi[a] = cur
-            model.offset[a] = (lo[a] + hi[a]) / 2
-        rate = selection_percent(model, reviews)
-        if (hi - lo < 1e-6).all():
-            break
-    if math.isfinite(float(rate.max())) and not (np.abs(rate - tgt) <= tol).all():
+            lo, hi = -50.0, 50.0
+            for _ in range(60):
+                offset[a] = (lo + hi) / 2
+                r = _rates(logits, offset, model.selector)[a]
+                if abs(r - tgt[a]) <= tol / 4:
+                    break
+                if r < tgt[a]:
+                    lo = offset[a]
+                else:
+                    hi = offset[a]
+        rate = _rates(logits, offset, model.selector)
+    model.offset.copy_(torch.from_numpy(offset.astype(np.float32)))
+    rate = selection_percent(model, reviews)
+    if not (np.abs(rate - tgt) <= tol).all():
         warnings.warn(
             f"calibrate_sparsity reached {np.round(rate, 2).tolist()} for target "
             f"{tgt.tolist()} (tolerance {tol})",
