@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+import torch
 
 from seeds.tiny_pipeline import build_tiny_sd
-from tamis.seeds.judges.base import Verdict
+from seeds.toy import ToyJudge
+
+# One thread: on a shared 2-core machine, 2 OpenMP threads spin and slow tiny models 100x.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -21,23 +24,6 @@ def tiny_generator(tiny_sd_dir):
     from tamis.seeds.generation import DiffusersGenerator
 
     return DiffusersGenerator.from_pretrained(tiny_sd_dir, steps=3, guidance=2.0)
-
-
-class ToyJudge:
-    """A deterministic judge: the count is read off the image's mean brightness."""
-
-    name = "toy"
-
-    def judge(self, images, questions):
-        """Verdict from the mean pixel value (a pure function of the image)."""
-        out = []
-        for image, q in zip(images, questions):
-            value = int(np.asarray(image, dtype=np.int64).sum()) % 7
-            if q.kind == "count":
-                out.append(Verdict.of(q, value, raw=str(value), positions=[(value / 7, 0.5)]))
-            else:
-                out.append(Verdict.of(q, value % 2 == 0, raw=str(value)))
-        return out
 
 
 @pytest.fixture

@@ -19,8 +19,13 @@ from tamis.seeds.finetune import (
 
 def _encoder(pipe):
     def encode(captions):
-        ids = pipe.tokenizer(captions, padding="max_length", truncation=True,
-                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt")
+        ids = pipe.tokenizer(
+            captions,
+            padding="max_length",
+            truncation=True,
+            max_length=pipe.tokenizer.model_max_length,
+            return_tensors="pt",
+        )
         return pipe.text_encoder(ids.input_ids)[0]
 
     return encode
@@ -41,7 +46,11 @@ def test_block_filter_and_targets(tiny_generator):
     names = target_modules(unet, "d1d2mu1u2")
     assert names and all(n.split(".")[-1] in ("to_q", "to_k") for n in names)
     assert {n.split(".attn")[0].rsplit(".attentions", 1)[0] for n in names} <= {
-        "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.1", "up_blocks.2"
+        "down_blocks.1",
+        "down_blocks.2",
+        "mid_block",
+        "up_blocks.1",
+        "up_blocks.2",
     }
     assert any(".attn1." in n for n in names) and any(".attn2." in n for n in names)
     assert len(target_modules(unet, "d1d2mu1u2", "qkvo")) == 2 * len(names)
@@ -67,8 +76,9 @@ def test_qk_changes_only_selected_and_resume_equals_straight(tiny_generator, tmp
     half = FinetuneConfig(**{**cfg.to_dict(), "steps": 2})
     finetune(resumed, _encoder(pipe), pipe.scheduler, images, captions, half, pipe.vae, tmp_path)
     resumed2 = copy.deepcopy(base)  # a fresh process: weights reloaded from the checkpoint
-    h2 = finetune(resumed2, _encoder(pipe), pipe.scheduler, images, captions, cfg, pipe.vae,
-                  tmp_path)
+    h2 = finetune(
+        resumed2, _encoder(pipe), pipe.scheduler, images, captions, cfg, pipe.vae, tmp_path
+    )
     assert h2["loss"] == pytest.approx(hist["loss"], abs=0)
     for n, p in straight.named_parameters():
         assert torch.equal(p, dict(resumed2.named_parameters())[n]), n
