@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tamis.rationale.cli import app, build_config, parse_value
@@ -50,12 +51,16 @@ def test_train_writes_model_and_history(trained):
 
 
 def test_train_rerun_resumes_without_retraining(trained):
+    from safetensors.torch import load_file
+
     run = trained / "run"
-    before = (run / "model.safetensors").read_bytes()
+    before = load_file(run / "model.safetensors")
     res = runner.invoke(app, ["train", "--data", str(trained / "train.jsonl"), "--out",
                               str(run), *TINY])
     assert res.exit_code == 0, res.output
-    assert (run / "model.safetensors").read_bytes() == before
+    after = load_file(run / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_evaluate_prints_table_and_json(trained):
@@ -80,6 +85,17 @@ def test_explain_text_and_file_with_html(trained):
     assert res.exit_code == 0, res.output
     text = html.read_text()
     assert text.count("predicted:") == 3 and "look" in text
+
+
+def test_explain_defaults_to_the_demo_checkpoint(trained, tmp_path, monkeypatch):
+    import tamis.rationale.cli as cli
+
+    monkeypatch.setattr(cli, "DEMO_MODEL", trained / "run")
+    res = runner.invoke(app, ["explain", "--text", "w1 look3 w2 smell0"])
+    assert res.exit_code == 0, res.output
+    monkeypatch.setattr(cli, "DEMO_MODEL", tmp_path / "absent")
+    res = runner.invoke(app, ["explain", "--text", "w1 look3"])
+    assert res.exit_code == 1 and "demo checkpoint" in res.output
 
 
 def test_explain_long_text_warns_truncation(trained):

@@ -45,7 +45,11 @@ def _read(path: Path, what: str, aspects: tuple[str, ...] | None = None) -> Any:
 def _load_model(path: Path | None) -> Any:  # noqa: ANN401
     from tamis.rationale.models import RationaleModel
 
-    path = path if path is not None else DEMO_MODEL
+    if path is None:
+        path = DEMO_MODEL
+        if not (path / "model.json").exists():
+            _fail(f"no --model given and the demo checkpoint {path} is missing "
+                  "(benchmarks/rationale/train_demo_model.py writes it)")
     try:
         return RationaleModel.load(path)
     except (FileNotFoundError, ValueError) as err:
