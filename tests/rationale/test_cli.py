@@ -74,6 +74,19 @@ def test_evaluate_prints_table_and_json(trained):
     assert set(ASPECTS) <= set(scores["rationale"])
 
 
+def test_evaluate_with_target_sparsity_matches_it(trained):
+    out = trained / "calibrated.json"
+    res = runner.invoke(app, ["evaluate", "--model", str(trained / "run"), "--data",
+                              str(trained / "dev.jsonl"), "--json", str(out),
+                              "--target-sparsity", "12.5"])
+    assert res.exit_code == 0, res.output
+    assert "calibrated selection" in res.output
+    rat = json.loads(out.read_text())["rationale"]
+    # 8 tokens per review: 12.5 % is exactly one token each; ties may leave it within 1 point
+    for a in ASPECTS:
+        assert abs(rat[a]["sparsity"] - 12.5) <= 1.0
+
+
 def test_explain_text_and_file_with_html(trained):
     res = runner.invoke(app, ["explain", "--model", str(trained / "run"), "--text",
                               "w1 look3 w2 smell0"])
@@ -117,6 +130,10 @@ def test_explain_long_text_warns_truncation(trained):
      "unknown RationaleConfig field"),
     (["train", "--data", "{root}/train.jsonl", "--out", "{root}/r2", "--sparsity",
       "0.1,0.1,0.1"], "3 per-aspect targets"),
+    (["train", "--data", "{root}/train.jsonl", "--out", "{root}/r2", "--sparsity", "x"],
+     "comma list"),
+    (["evaluate", "--model", "{run}", "--data", "{root}/dev.jsonl", "--target-sparsity",
+      "150"], "percent"),
 ])
 def test_bad_input_names_the_problem(trained, args, message):
     other = ReviewSet(("look", "taste"), [Review(["a", "b"], np.array([0.5, 0.5]))])

@@ -100,7 +100,7 @@ def _sparsity(text: str | None) -> float | tuple[float, ...] | None:
     try:
         parts = [float(p) for p in text.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"--sparsity takes a rate or comma list, got {text!r}") from None
+        _fail(f"a sparsity takes one number or a comma list, got {text!r}")
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
@@ -197,14 +197,36 @@ def evaluate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the scores as JSON here.")
     ] = None,
+    target_sparsity: Annotated[
+        str | None,
+        typer.Option(help="First shift the selection threshold so each aspect selects this "
+                          "percent (one or per aspect, e.g. 15 or 18,15,12)."),
+    ] = None,
+    calibrate_on: Annotated[
+        Path | None,
+        typer.Option(help="Texts for --target-sparsity (JSONL; default: --data; ratings and "
+                          "gold rationales are not used)."),
+    ] = None,
 ) -> None:
     """Per-aspect rating and rationale scores of a model on a JSONL file."""
     from tamis._io import write_text_atomic
+    from tamis.rationale.training import calibrate_sparsity
     from tamis.rationale.training import evaluate as evaluate_model
 
     m = _load_model(model)
     reviews = _read(data, "data", tuple(m.aspects))
     try:
+        if target_sparsity is not None:
+            target = _sparsity(target_sparsity)
+            calib = _read(calibrate_on, "calibration data", tuple(m.aspects)) if (
+                calibrate_on is not None) else reviews
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rates = calibrate_sparsity(m, calib, target)  # type: ignore[arg-type]
+            for w in caught:
+                console.print(f"[yellow]warning:[/] {w.message}")
+            console.print("calibrated selection (percent): " + ", ".join(
+                f"{a} {r:.2f}" for a, r in zip(m.aspects, rates)))
         scores = evaluate_model(m, reviews)
     except ValueError as err:
         _fail(str(err))
