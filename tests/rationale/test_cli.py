@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tamis.rationale.cli import app, build_config, parse_value
@@ -163,3 +165,17 @@ def test_build_config_layers_file_options_and_sets(tmp_path):
     assert parse_value("abc") == "abc" and parse_value("3") == 3
     with pytest.raises(ValueError, match="key=value"):
         build_config(None, {}, ["novalue"])
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=60))
+def test_explain_fuzz_text(trained, text):
+    from tamis.rationale.data import tokenize
+
+    res = runner.invoke(app, ["explain", "--model", str(trained / "run"), "--text", text])
+    if tokenize(text):
+        assert res.exit_code == 0, res.output
+        assert "predicted" in res.output
+    else:
+        assert res.exit_code == 1 and "empty" in res.output
