@@ -1,0 +1,143 @@
+"""The CLI end to end on the tiny pipeline with a loopback VLM judge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from seeds.test_vlm_judge import _server
+from tamis.seeds.cli import app, parse_seeds
+
+
+@pytest.fixture
+def vlm_url():
+    server, _ = _server(lambda s, b: (200, "2" if "How many" in str(b) else "yes"))
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("4") == [0, 1, 2, 3]
+    assert parse_seeds("5,9") == [5, 9]
+    with pytest.raises(typer.BadParameter):
+        parse_seeds("x")
+
+
+def test_mine_curate_finetune_evaluate(tiny_sd_dir, vlm_url, tmp_path):
+    runner = CliRunner()
+    common = ["--pipeline", str(tiny_sd_dir), "--steps", "2", "--guidance", "2"]
+    vlm = ["--judge", "vlm", "--endpoint", vlm_url, "--vlm-model", "m"]
+    mined = tmp_path / "mined.jsonl"
+    r = runner.invoke(
+        app,
+        [
+            "mine",
+            "--out",
+            str(mined),
+            *common,
+            *vlm,
+            "--kind",
+            "numerical",
+            "--seeds",
+            "2",
+            "--n-objects",
+            "1",
+            "--n-backgrounds",
+            "1",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    summary = json.loads(mined.with_suffix(".summary.json").read_text())
+    assert summary["n_images"] == 10 and summary["failures"] == 0
+    assert summary["reliability"]["count=2"]["0"]["accuracy"] == 1.0
+    cur = tmp_path / "curated"
+    r = runner.invoke(
+        app,
+        [
+            "curate",
+            "--mined",
+            str(mined),
+            "--out",
+            str(cur),
+            *common,
+            *vlm,
+            "--kind",
+            "numerical",
+            "--n-objects",
+            "1",
+            "--n-backgrounds",
+            "1",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    meta = [json.loads(x) for x in (cur / "metadata.jsonl").read_text().splitlines()]
+    # the judge always says 2: counts 3..6 are rectified to "two"
+    assert len(meta) == 5 and all(m["text"].startswith("two ") for m in meta)
+    ft = tmp_path / "ft"
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(cur),
+            "--out",
+            str(ft),
+            "--pipeline",
+            str(tiny_sd_dir),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (ft / "pipeline" / "model_index.json").is_file() and (ft / "checkpoint.pt").is_file()
+    ev = tmp_path / "ev"
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--out",
+            str(ev),
+            "--pipeline",
+            str(ft / "pipeline"),
+            "--steps",
+            "2",
+            *vlm,
+            "--kind",
+            "spatial",
+            "--seeds",
+            "1",
+            "--n-objects",
+            "1",
+            "--n-boot",
+            "50",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads((ev / "evaluation.json").read_text())
+    assert report["kinds"]["spatial"]["accuracy"] == 1.0 and report["kinds"]["spatial"]["n"] == 16
+
+
+def test_bad_pipeline_dir(tmp_path):
+    r = CliRunner().invoke(
+        app,
+        [
+            "mine",
+            "--pipeline",
+            str(tmp_path),
+            "--judge",
+            "vlm",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--vlm-model",
+            "m",
+        ],
+    )
+    assert r.exit_code != 0 and "model_index.json is missing" in r.output
+    r = CliRunner().invoke(app, ["mine", "--pipeline", str(tmp_path), "--judge", "vlm"])
+    assert r.exit_code != 0
