@@ -157,6 +157,23 @@ class Generator(nn.Module):
         return self.encoder(x, pad)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the hard sample exactly; backward: the gradient goes to the soft relaxation."""
+
+    @staticmethod
+    def forward(ctx, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return hard.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:  # noqa: D102
+        return None, grad
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """``hard`` in the forward pass, ``d/d soft`` in the backward pass (exact 0/1 values)."""
+    return _StraightThrough.apply(hard, soft)
+
+
 def sample_selection(
     logits: torch.Tensor, pad: torch.Tensor, selector: str, tau: float, estimator: str,
     generator: torch.Generator | None = None,
@@ -175,7 +192,7 @@ def sample_selection(
             soft = ((logits + g) / tau).softmax(-1)
             idx = soft.argmax(-1)
             hard = F.one_hot(idx, logits.shape[-1]).to(soft.dtype)
-            onehot = hard + soft - soft.detach()
+            onehot = straight_through(hard, soft)
         else:
             idx = (logits + g).argmax(-1)
             onehot = F.one_hot(idx, logits.shape[-1]).to(logits.dtype)
@@ -190,7 +207,7 @@ def sample_selection(
         if estimator == "gumbel":
             soft = ((lt + noise) / tau).sigmoid()
             hard = (lt + noise > 0).to(soft.dtype)
-            masks = (hard + soft - soft.detach()) * p
+            masks = straight_through(hard, soft) * p
         else:
             hard = (lt + noise > 0).to(lt.dtype)
             masks = hard * p
