@@ -179,3 +179,13 @@ def test_explain_fuzz_text(trained, text):
         assert "predicted" in res.output
     else:
         assert res.exit_code == 1 and "empty" in res.output
+
+
+def test_explain_with_the_shipped_demo_checkpoint():
+    from tamis.rationale.cli import DEMO_MODEL
+
+    if not (DEMO_MODEL / "model.json").exists():
+        pytest.skip("the demo checkpoint is not shipped in this checkout")
+    res = runner.invoke(app, ["explain", "--text", "the appearance is hazy gold ."])
+    assert res.exit_code == 0, res.output
+    assert "appearance" in res.output and "predicted" in res.output
