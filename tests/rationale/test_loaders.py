@@ -104,3 +104,14 @@ def test_hotel_bad_input(tmp_path):
     p.write_text("justonecolumn\n")
     with pytest.raises(ValueError, match="label and text"):
         load_hotel(p, "location")
+
+
+def test_truncated_gzip_and_binary(tmp_path):
+    raw = (FIX / "beer_ratings.txt.gz").read_bytes()
+    p = tmp_path / "cut.txt.gz"
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"cut.txt.gz: truncated or corrupt gzip"):
+        load_beer(p)
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_hotel(p, "service")

@@ -28,6 +28,7 @@ import io
 import json
 import math
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,23 +308,30 @@ def write_jsonl(path: str | Path, reviews: ReviewSet) -> None:
 
 # ---------------------------------------------------------------------- Beer / Hotel
 def _open_text(src: str | Path | IO) -> IO[str]:
-    """A text handle on a path or file object, transparently un-gzipping (by magic bytes)."""
+    """A text handle on a path or file object, transparently un-gzipping (by magic bytes).
+
+    Raises ``ValueError`` naming the source for a truncated / corrupt gzip stream or bytes
+    that are not UTF-8.
+    """
+    name = getattr(src, "name", None) or str(src)
     if hasattr(src, "read"):
-        fh = src
-        if isinstance(fh, io.TextIOBase):
-            return fh
-        raw = fh.read()
+        if isinstance(src, io.TextIOBase):
+            return src  # type: ignore[return-value]
+        raw = src.read()  # type: ignore[union-attr]
         if isinstance(raw, str):
             return io.StringIO(raw)
-        if raw[:2] == b"\x1f\x8b":
+    else:
+        with open(Path(src), "rb") as f:
+            raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
             raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise ValueError(f"{name}: truncated or corrupt gzip file ({e})") from None
+    try:
         return io.StringIO(raw.decode("utf-8"))
-    path = Path(src)
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not UTF-8 text ({e})") from None
 
 
 def _select_aspects(aspects: Sequence[str] | str, known: tuple[str, ...]) -> tuple[str, ...]:
