@@ -1,8 +1,11 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tamis.rationale.config import RationaleConfig
 from tamis.rationale.data import ReviewSet
@@ -139,7 +142,8 @@ def test_save_load_identical(tmp_path):
 def test_load_errors(tmp_path):
     model, data = make_model()
     model.save(tmp_path / "a")
-    with pytest.raises(ValueError, match=r"aspect mismatch.*\['look', 'smell'\].*\['look', 'taste'\]"):
+    with pytest.raises(ValueError,
+                       match=r"aspect mismatch.*\['look', 'smell'\].*\['look', 'taste'\]"):
         RationaleModel.load(tmp_path / "a", aspects=("look", "taste"))
     other = Vocabulary.build([["zz"]])
     with pytest.raises(ValueError, match="vocabulary mismatch.*fingerprint"):
@@ -191,3 +195,20 @@ def test_minilm_encoder_forward():
     with torch.no_grad():
         pred, h = model.predict_masked(ids, pad, model.masks(ids, pad))
     assert pred.shape == (2, 2) and h.shape[-1] == 384
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["look", "good", "w1", "zzz", "", "é", "<pad>"]),
+                         max_size=25), min_size=1, max_size=5))
+def test_explain_predict_fuzz(token_lists):
+    model, _ = FUZZ_MODEL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RationaleTruncationWarning)
+        masks, preds = model.explain_and_predict(token_lists)
+    assert preds.shape == (len(token_lists), 2) and np.isfinite(preds).all()
+    for toks, m in zip(token_lists, masks):
+        assert m.shape == (2, min(len(toks), 20)) and m.dtype == bool
+        assert not (m[0] & m[1]).any()  # the K+1 softmax selector is disjoint
+
+
+FUZZ_MODEL = make_model()

@@ -176,3 +176,13 @@ def test_config_validation_and_round_trip():
     assert not RationaleConfig(method="mtm").schedule()[0].contrastive
     assert RationaleConfig(staged=False).schedule()[0].contrastive
     assert not RationaleConfig(lambda_contrastive=0).schedule()[1].contrastive
+
+
+def test_default_glove_path_trains():
+    train = tiny_set(64, 0)
+    res = fit(train, RationaleConfig(filters=16, max_len=20, stage1_epochs=1, stage2_epochs=1,
+                                     stage3_epochs=1, sparsity=1 / 7), progress=False)
+    emb = res.model.predictors[0].embed.weight
+    assert emb.shape[1] == 50 and not emb.requires_grad  # frozen GloVe
+    assert [h["stage"] for h in res.history] == ["S1", "S2", "S3"]
+    assert all(np.isfinite(h["losses"]["task"]) for h in res.history)
