@@ -31,6 +31,7 @@ FIT_KW = dict(stage1_epochs=4, stage2_epochs=6, stage3_epochs=2)
 
 @pytest.mark.parametrize("method,extra", [
     ("mtm", {}), ("rnp", {}), ("a2r", {}), ("rnp", {"estimator": "reinforce"}),
+    ("mtm", {"estimator": "reinforce", "encoder": "gru", "gru_hidden": 8}),
     ("interlock_free", {"contrastive_positives": "simclr", "contrastive_encoder": "generator"}),
     ("interlock_free", {"staged": False}),
     ("mtm", {"selector": "bernoulli", "lambda_overlap": 1.0, "task": "binary"}),

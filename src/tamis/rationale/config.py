@@ -143,6 +143,12 @@ class RationaleConfig:
         weight_decay: Adam weight decay.
         batch_size: reviews per step.
         grad_clip: gradient norm clip (0 disables).
+        extra: free-form user metadata saved with the model (ignored by training).
+
+    Note:
+        With ``contrastive_encoder="predictor"`` the contrastive term reads the predictor's
+        encoder; it is frozen in the staged schedule (S2), but in the no-staging ablation the
+        encoder is trained jointly and also receives the contrastive gradient.
 
     """
 
