@@ -120,3 +120,62 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(str(folder))
     return folder
+
+
+def build_tiny_pixart(folder: Path, seed: int = 0) -> Path:
+    """Assemble a tiny PixArtAlphaPipeline (byte-level T5 tokenizer: no files needed)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        PixArtAlphaPipeline,
+        PixArtTransformer2DModel,
+    )
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = ByT5Tokenizer()
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=tok.vocab_size + 3,
+            d_model=16,
+            d_kv=8,
+            d_ff=32,
+            num_layers=1,
+            num_heads=2,
+            decoder_start_token_id=0,
+        )
+    )
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,
+        patch_size=2,
+        cross_attention_dim=16,
+        caption_channels=16,
+        norm_num_groups=4,
+        num_embeds_ada_norm=1000,
+        use_additional_conditions=False,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=16,
+    )
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tok,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(steps_offset=1),
+    )
+    pipe.save_pretrained(str(folder))
+    return folder

@@ -261,6 +261,13 @@ def _encode(encode_text, captions: list[str]) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _predict(model, x, t, emb):
+    if hasattr(model, "transformer_blocks"):  # PixArt / DiT: timestep and conditions by name
+        cond = {"resolution": None, "aspect_ratio": None}
+        return model(x, encoder_hidden_states=emb, timestep=t, added_cond_kwargs=cond).sample
+    return model(x, t, encoder_hidden_states=emb).sample
+
+
 def finetune(
     unet: torch.nn.Module,
     encode_text: Callable[[list[str]], torch.Tensor],
@@ -376,8 +383,7 @@ def finetune(
         else:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")
         dtype = next(unet.parameters()).dtype
-        pred = unet(noisy.to(device, dtype), t.to(device),
-                    encoder_hidden_states=emb.to(device, dtype)).sample
+        pred = _predict(unet, noisy.to(device, dtype), t.to(device), emb.to(device, dtype))
         if pred.shape[1] != target.shape[1]:  # learned-variance models (PixArt): epsilon half
             pred = pred[:, : target.shape[1]]
         loss = torch.nn.functional.mse_loss(pred.float(), target.to(device).float())

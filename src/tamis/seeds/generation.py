@@ -302,6 +302,8 @@ class DiffusersGenerator:
         }
         if "use_resolution_binning" in self._call_params:
             kwargs["use_resolution_binning"] = False
+        if "clean_caption" in self._call_params:
+            kwargs["clean_caption"] = False  # PixArt: the prompt is used exactly as recorded
         if "eta" in self._call_params:
             kwargs["eta"] = 0.0
         if seeds is not None:
