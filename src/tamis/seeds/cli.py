@@ -143,6 +143,31 @@ def _prompts(
     return out
 
 
+def _init_distributed(device: str) -> int:
+    """Join the torchrun process group if launched by torchrun; return this rank."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist.get_rank()
+
+
+def _device_for_rank(device: str) -> str:
+    import os
+
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
 def _summary(rows: list[dict], top_n: int) -> dict:
     from tamis.seeds import stats
 
@@ -190,11 +215,19 @@ def mine(
     from tamis.seeds.mining import MiningConfig
     from tamis.seeds.mining import mine as run_mine
 
+    device = _device_for_rank(device)
+    rank = _init_distributed(device)
     gen = _generator(pipeline, world, device, dtype, steps, guidance)
     j = _judge(judge, endpoint, vlm_model, detector, device)
     prompts = _prompts(pipeline is None, kind, "train", objects, n_objects, n_backgrounds)
-    cfg = MiningConfig(batch_size=batch_size, image_dir=str(save_images) if save_images else None)
+    cfg = MiningConfig(
+        batch_size=batch_size,
+        image_dir=str(save_images) if save_images else None,
+        progress=rank == 0,
+    )
     rows = run_mine(gen, j, prompts, parse_seeds(seeds), out, cfg)
+    if rank != 0:
+        return
     summary = _summary(rows, top_n)
     from tamis._io import write_text_atomic
 
