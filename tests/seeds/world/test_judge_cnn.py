@@ -67,4 +67,4 @@ def test_shipped_judge_accuracy_on_clean_renders():
     lc = np.array([e.count for e in ex])
     lr = np.array([e.relation for e in ex])
     acc = (np.sum(c[lc >= 0] == lc[lc >= 0]) + np.sum(r[lr >= 0] == lr[lr >= 0])) / len(ex)
-    assert acc > 0.8
+    assert 0.8 < acc < 0.99
