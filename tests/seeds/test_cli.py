@@ -119,6 +119,33 @@ def test_mine_curate_finetune_evaluate(tiny_sd_dir, vlm_url, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
+    ev2 = tmp_path / "ev2"
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--out",
+            str(ev2),
+            "--pipeline",
+            str(tiny_sd_dir),
+            "--steps",
+            "2",
+            *vlm,
+            "--kind",
+            "spatial",
+            "--seeds",
+            "1",
+            "--n-objects",
+            "1",
+            "--n-boot",
+            "50",
+            "--base",
+            str(ev / "results.jsonl"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    gain = json.loads((ev2 / "evaluation.json").read_text())["relative_gain"]["spatial"]
+    assert gain["gain"] == 0.0 and gain["n_prompts"] == 16  # the judge always says yes
     report = json.loads((ev / "evaluation.json").read_text())
     assert report["kinds"]["spatial"]["accuracy"] == 1.0 and report["kinds"]["spatial"]["n"] == 16
 

@@ -380,6 +380,9 @@ def evaluate(
     n_backgrounds: Annotated[int | None, typer.Option(help="First N backgrounds (all).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per pipeline call.")] = 8,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    base: Annotated[
+        Path | None, typer.Option(help="Base arm's results.jsonl: also report relative gains.")
+    ] = None,
     device: Annotated[str, typer.Option(help="Model device.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16.")] = "float32",
     steps: Annotated[int | None, typer.Option(help="Sampler steps.")] = None,
@@ -387,8 +390,8 @@ def evaluate(
 ) -> None:
     """Accuracy per category (bootstrap CI over prompts) on the evaluation split."""
     from tamis._io import write_text_atomic
-    from tamis.seeds import stats
-    from tamis.seeds.mining import MiningConfig
+    from tamis.seeds.evaluate import accuracy_report, relative_gains
+    from tamis.seeds.mining import MiningConfig, read_results
     from tamis.seeds.mining import mine as run_mine
 
     gen = _generator(pipeline, world, device, dtype, steps, guidance)
@@ -403,16 +406,12 @@ def evaluate(
         out / "results.jsonl",
         MiningConfig(batch_size=batch_size),
     )
-    obs = stats.observations(rows)
-    report: dict = {"categories": {}, "kinds": {}}
-    for c in sorted({o.category for o in obs}):
-        report["categories"][c] = stats.bootstrap_accuracy(
-            [o for o in obs if o.category == c], n_boot
-        )
-    for k, prefix in (("numerical", "count="), ("spatial", "relation=")):
-        sub = [o for o in obs if o.category.startswith(prefix)]
-        if sub:
-            report["kinds"][k] = stats.bootstrap_accuracy(sub, n_boot)
+    report = accuracy_report(rows, n_boot)
+    if base is not None:
+        base_rows = read_results(base, repair=False)
+        if not base_rows:
+            raise typer.BadParameter(f"no results in --base {base}")
+        report["relative_gain"] = relative_gains(base_rows, rows, n_boot)
     write_text_atomic(out / "evaluation.json", json.dumps(report, indent=2))
     table = Table("category", "accuracy", "95% CI", "images", "failures")
     for name, r in {**report["categories"], **report["kinds"]}.items():
@@ -420,4 +419,6 @@ def evaluate(
         ci = "n/a" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]"
         table.add_row(name, acc, ci, str(r["n"]), str(r["failures"]))
     console.print(table)
+    for k, g in report.get("relative_gain", {}).items():
+        console.print(f"relative gain ({k}): {g['gain']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
     console.print(f"-> {out / 'evaluation.json'}")
