@@ -93,3 +93,19 @@ def test_lora_and_swap(tiny_generator):
     assert hist["trained"] and all("lora_" in n for n in hist["trained"])
     assert swap_left_right("a cat on the left of a dog") == "a cat on the right of a dog"
     assert swap_left_right("right, left leftover") == "left, right leftover"
+
+
+def test_full_and_ema_modes(tiny_generator):
+    pipe = tiny_generator.pipeline
+    images, captions = _data()
+    unet = copy.deepcopy(pipe.unet)
+    cfg = FinetuneConfig(
+        mode="full", steps=2, batch_size=2, lr=1e-2, ema=True, ema_decay=0.5, progress=False
+    )
+    hist = finetune(unet, _encoder(pipe), pipe.scheduler, images, captions, cfg, vae=pipe.vae)
+    assert hist["n_trained"] == sum(p.numel() for p in pipe.unet.parameters())
+    before = dict(pipe.unet.named_parameters())
+    changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
+    assert any("conv_in" in n for n in changed)  # not only attention
+    with pytest.raises(ValueError, match="3 captions"):
+        finetune(unet, _encoder(pipe), pipe.scheduler, images, captions[:3], cfg, vae=pipe.vae)
