@@ -70,3 +70,16 @@ def test_not_a_pipeline(tmp_path):
     (tmp_path / "model_index.json").write_text("{oops")
     with pytest.raises(ValueError, match="not valid JSON"):
         check_pipeline_dir(tmp_path)
+
+
+def test_stochastic_scheduler_warns_and_still_reproduces(tiny_generator):
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+    p = tiny_generator.pipeline
+    sched = EulerAncestralDiscreteScheduler.from_config(p.scheduler.config)
+    pipe = StableDiffusionPipeline(**{**p.components, "scheduler": sched})
+    with pytest.warns(UserWarning, match="stochastic"):
+        gen = DiffusersGenerator(pipe, tiny_generator.settings)
+    images, records = generate_with_records(gen, ["two apples", "three cats"], [1, 2])
+    assert records[0].scheduler["class"] == "EulerAncestralDiscreteScheduler"
+    assert np.array_equal(regenerate(records[1], gen), images[1])
