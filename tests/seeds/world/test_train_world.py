@@ -29,7 +29,7 @@ def _losses(out: Path) -> list[tuple[int, float]]:
 def test_smoke_training_reduces_loss_and_resumes(tmp_path) -> None:
     mod = _script()
     out = tmp_path / "run"
-    common = ["--out", str(out), "--smoke", "--batch-size", "8", "--every", "6", "--lr", "2e-3"]
+    common = ["--out", str(out), "--smoke", "--batch-size", "4", "--every", "6", "--lr", "2e-3"]
     mod.train(mod.parse_args(common + ["--steps", "12"]))
     losses = _losses(out)
     assert [s for s, _ in losses] == list(range(1, 13))
