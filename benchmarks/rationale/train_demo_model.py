@@ -2,7 +2,7 @@
 
 The method (``interlock_free``, its default schedule shortened as in the benchmarks) with a
 CNN encoder and frozen GloVe 50d, on the synthetic corpus at rating correlation 0.5 and
-shortcut 0.5 (1,500 training reviews, L = 96); the selection is calibrated on dev to the gold
+shortcut 0.5 (10,000 training reviews, L = 96); the selection is calibrated on dev to the gold
 rate per aspect (kept only if it raises dev F1) and the model saved (only the vocabulary's
 rows of the embedding matrix, well under 1 MB). Shares the benchmark's run folder, so
 ``interlocking.py`` reuses this run as ``interlock_free_rho0.5_s0``.

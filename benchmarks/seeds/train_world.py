@@ -8,6 +8,19 @@ step) is written atomically to ``<out>/state.pt`` and the EMA weights as a model
 command continues from the last state. Each batch is drawn from ``default_rng([seed, step])``
 so a resumed run sees the same data as an uninterrupted one. Loss goes to ``<out>/loss.tsv``.
 ``--smoke`` trains a tiny 16x16 configuration for a few hundred steps (CI-sized).
+
+``--init MODEL`` warm-starts from a model folder (online and EMA weights; fresh optimiser) and
+records that folder's provenance; use a new ``--seed`` so the continuation sees new batches.
+``--schedule cosine`` decays the learning rate from ``--lr`` to ``--min-lr-ratio`` x ``--lr``
+over ``--steps`` (a function of the step, so resuming is exact).
+
+The shipped model (``src/tamis/seeds/checkpoints/world_base``) is stage 1 then stage 2::
+
+    .venv/bin/python benchmarks/seeds/train_world.py --out benchmarks/seeds/runs/world_base \
+        --steps 3000 --batch-size 16 --every 200
+    .venv/bin/python benchmarks/seeds/train_world.py --out benchmarks/seeds/runs/world_base2 \
+        --init benchmarks/seeds/runs/world_base/model --seed 1 --steps 4000 --batch-size 32 \
+        --schedule cosine --warmup 50 --every 200
 """
 
 from __future__ import annotations
@@ -43,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="tiny 16x16 run")
+    p.add_argument("--init", type=Path, default=None, help="warm-start from this model folder")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--min-lr-ratio", type=float, default=0.05)
     return p.parse_args(argv)
 
 
@@ -51,6 +67,18 @@ def _downsample(images: np.ndarray, size: int) -> np.ndarray:
         return images
     f = images.shape[1] // size
     return images.reshape(len(images), size, f, size, f, 3).mean((2, 4)).round().astype(np.uint8)
+
+
+def learning_rate(args: argparse.Namespace, step: int) -> float:
+    """Learning rate at ``step``: linear warm-up, then constant or cosine decay."""
+    import math
+
+    warm = min(1.0, (step + 1) / max(1, args.warmup))
+    if args.schedule == "constant" or step < args.warmup:
+        return args.lr * warm
+    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    low = args.min_lr_ratio
+    return args.lr * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -63,6 +91,15 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     unet = wm.build_unet(size)
     enc = TextEncoder(tokenizer.vocab_size, tokenizer.max_length)
+    parent = None
+    if args.init is not None:
+        init_unet, init_enc, init_tok, parent = wm.load_model(args.init)
+        if init_tok.words != tokenizer.words:
+            raise ValueError(f"{args.init} was trained on another vocabulary")
+        unet.load_state_dict(init_unet.state_dict())
+        enc.load_state_dict(init_enc.state_dict())
+        unet.train()
+        enc.train()
     ema_unet, ema_enc = copy.deepcopy(unet), copy.deepcopy(enc)
     params = list(unet.parameters()) + list(enc.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
@@ -95,12 +132,12 @@ def train(args: argparse.Namespace) -> dict:
         ctx = enc(tokenizer(texts))
         loss = torch.nn.functional.mse_loss(unet(xt, t, ctx).sample, noise)
         for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+            g["lr"] = learning_rate(args, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
+        decay = args.ema if args.init is not None else min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for e_mod, mod in ((ema_unet, unet), (ema_enc, enc)):
                 for pe, p in zip(e_mod.parameters(), mod.parameters(), strict=True):
@@ -118,7 +155,11 @@ def train(args: argparse.Namespace) -> dict:
             extra = {"training": {"step": step, "batch_size": args.batch_size, "lr": args.lr,
                                   "ema": args.ema, "caption_dropout": args.dropout,
                                   "caption_noise": args.noise, "seed": args.seed,
+                                  "schedule": args.schedule, "warmup": args.warmup,
                                   "command": " ".join(sys.argv)}}
+            if parent is not None:
+                extra["training"]["init"] = {"path": str(args.init),
+                                             "training": parent.get("training")}
             tmp_dir = out / "model.tmp"
             wm.save_model(tmp_dir, ema_unet, ema_enc, tokenizer, extra)
             final = out / "model"

@@ -37,6 +37,14 @@ def test_encode_pads_maps_unknown_and_warns_on_truncation():
     assert ids.shape == (2, 4) and lens.tolist() == [4, 1]
 
 
+def test_literal_pad_token_in_a_text_is_unknown_not_padding():
+    v = Vocabulary.build([["x", PAD, "y"]])
+    assert PAD not in v.words[2:]
+    ids, lens = v.encode([["x", PAD, "y"]], max_len=5)
+    assert ids.tolist() == [[v.index["x"], v.index[UNK], v.index["y"]]]
+    assert lens.tolist() == [3]
+
+
 def test_bad_vocabularies():
     with pytest.raises(ValueError, match="starts with"):
         Vocabulary(["a", "b"])

@@ -168,3 +168,50 @@ def test_bad_pipeline_dir(tmp_path):
     assert r.exit_code != 0 and "model_index.json is missing" in r.output
     r = CliRunner().invoke(app, ["mine", "--pipeline", str(tmp_path), "--judge", "vlm"])
     assert r.exit_code != 0
+
+
+def test_world_mine_curate_finetune_evaluate(tmp_path):
+    """The shapes-world path (--world) end to end with the exact checker, 2 DDIM steps."""
+    from tamis.seeds.world.model import DEFAULT_DIR
+
+    runner = CliRunner()
+    world = ["--world", str(DEFAULT_DIR), "--steps", "2"]
+    mined = tmp_path / "mined.jsonl"
+    args = ["mine", "--out", str(mined), *world, "--judge", "checker", "--kind", "numerical"]
+    r = runner.invoke(app, [*args, "--seeds", "2", "--n-backgrounds", "1", "--batch-size", "32"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in mined.read_text().splitlines()]
+    assert len(rows) == 96  # 48 training count prompts on one background x 2 seeds
+    rec = rows[0]["record"]
+    assert rec["steps"] == 2 and rec["guidance"] == 2.0  # the folder's sampling default
+    assert {row["judge"] for row in rows} == {"exact-checker"}
+    cur = tmp_path / "curated"
+    r = runner.invoke(
+        app,
+        ["curate", "--mined", str(mined), "--out", str(cur), *world, "--mode", "none",
+         "--kind", "numerical", "--n-backgrounds", "1", "--top-n", "1", "--batch-size", "32"],
+    )
+    assert r.exit_code == 0, r.output
+    meta = [json.loads(x) for x in (cur / "metadata.jsonl").read_text().splitlines()]
+    assert len(meta) == 48 and all((cur / m["file_name"]).is_file() for m in meta)
+    ft = tmp_path / "ft"
+    r = runner.invoke(
+        app,
+        ["finetune", "--data", str(cur), "--out", str(ft), "--world", str(DEFAULT_DIR),
+         "--blocks", "d2mu0", "--steps", "2", "--batch-size", "4", "--lr", "1e-4"],
+    )
+    assert r.exit_code == 0, r.output
+    saved = json.loads((ft / "world" / "world_model.json").read_text())
+    assert saved["sampling"] == {"steps": 20, "guidance": 2.0}
+    assert saved["finetune"]["mode"] == "qk"
+    ev = tmp_path / "ev"
+    r = runner.invoke(
+        app,
+        ["evaluate", "--out", str(ev), "--world", str(ft / "world"), "--steps", "2",
+         "--kind", "numerical", "--seeds", "1", "--n-boot", "50", "--batch-size", "32"],
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads((ev / "evaluation.json").read_text())
+    assert report["kinds"]["numerical"]["n"] == 12 and report["kinds"]["numerical"]["failures"] == 0
+    r = runner.invoke(app, ["mine", "--world", str(tmp_path), "--judge", "checker"])
+    assert r.exit_code != 0 and "not a shapes-world model folder" in r.output

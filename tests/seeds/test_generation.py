@@ -42,6 +42,14 @@ def test_loads_by_path_and_generates(tiny_generator):
     assert len(g.fingerprint()) == 64 and g.fingerprint() == g.fingerprint()
 
 
+def test_fingerprint_covers_the_tokenizer(tiny_sd_dir):
+    g = DiffusersGenerator.from_pretrained(tiny_sd_dir, steps=3, guidance=2.0)
+    before = g.fingerprint()
+    g.pipeline.tokenizer.add_tokens(["zebra-unseen-word"])
+    g.invalidate_fingerprint()
+    assert g.fingerprint() != before
+
+
 def test_record_regenerates_same_pixels(tiny_generator, tiny_sd_dir):
     images, records = generate_with_records(tiny_generator, ["two apples", "three cats"], [4, 9])
     rec = GenerationRecord.from_dict(json.loads(json.dumps(records[1].to_dict())))

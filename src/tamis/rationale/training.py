@@ -552,11 +552,13 @@ def calibrate_sparsity(
         raise ValueError("calibrate_sparsity needs reviews with at least one token")
     offset = model.offset.numpy().astype(np.float64).copy()
     rate = _rates(logits, offset, model.selector)
+    # an offset beyond the logits' range changes nothing more: bisect over that range
+    span = float(logits.max() - logits.min()) + float(np.abs(offset).max()) + 1.0
     for _ in range(rounds):
         if (np.abs(rate - tgt) <= tol).all():
             break
         for a in range(k):
-            lo, hi = -50.0, 50.0
+            lo, hi = -span, span
             for _ in range(60):
                 offset[a] = (lo + hi) / 2
                 r = _rates(logits, offset, model.selector)[a]

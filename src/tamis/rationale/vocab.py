@@ -90,7 +90,8 @@ class Vocabulary:
         ids = torch.zeros((len(token_lists), max(width, 1)), dtype=torch.long)
         unk = self.index[UNK]
         for i, toks in enumerate(token_lists):
-            row = [self.index.get(t, unk) for t in toks[:max_len]]
+            # a literal '<pad>' in a text is an unknown word, never the padding id
+            row = [unk if t == PAD else self.index.get(t, unk) for t in toks[:max_len]]
             if row:
                 ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         return ids, torch.tensor(lengths, dtype=torch.long)

@@ -8,6 +8,7 @@ The generator is a diffusers pipeline directory (``--pipeline``) or the shapes w
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,10 @@ app = typer.Typer(
 console = Console()
 
 PipelineOpt = Annotated[Path | None, typer.Option(help="A diffusers pipeline directory.")]
+GuidanceOpt = Annotated[
+    float | None,
+    typer.Option(help="Guidance scale (default: 7.5 for pipelines, the world model's own)."),
+]
 WorldOpt = Annotated[Path | None, typer.Option(help="A shapes-world checkpoint folder.")]
 JudgeOpt = Annotated[str, typer.Option(help="checker | cnn | vlm | detector.")]
 EndpointOpt = Annotated[str | None, typer.Option(help="VLM endpoint URL (--judge vlm).")]
@@ -61,19 +66,20 @@ def _generator(pipeline, world, device, dtype, steps, guidance):
 
         try:
             return DiffusersGenerator.from_pretrained(
-                pipeline, device=device, dtype=dtype, steps=steps or 50, guidance=guidance
+                pipeline,
+                device=device,
+                dtype=dtype,
+                steps=steps or 50,
+                guidance=7.5 if guidance is None else guidance,
             )
         except (ValueError, FileNotFoundError) as err:
             raise typer.BadParameter(str(err)) from None
-    from tamis.seeds.world.model import ShapesWorldGenerator
+    from tamis.seeds.world.model import DEFAULT_DIR, ShapesWorldGenerator
 
-    kwargs = {"steps": steps} if steps else {}
     try:
-        if world is not None:
-            return ShapesWorldGenerator.load(world, **kwargs)
-        return ShapesWorldGenerator.load_default(**kwargs)
-    except TypeError:
-        return ShapesWorldGenerator.load(world) if world else ShapesWorldGenerator.load_default()
+        return ShapesWorldGenerator.load(world or DEFAULT_DIR, steps=steps, guidance=guidance)
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def _judge(name, endpoint, vlm_model, detector, device="cpu"):
@@ -113,8 +119,9 @@ def _prompts(
         raise typer.BadParameter(f"unknown prompt kind {kind!r} (numerical, spatial, both)")
     if world and objects is None:
         from tamis.seeds.world.captions import world_prompts
+        from tamis.seeds.world.render import BACKGROUNDS
 
-        sets = world_prompts(split)
+        sets = world_prompts(split, backgrounds=tuple(BACKGROUNDS)[: n_backgrounds or 1])
         out = []
         if kind in ("numerical", "both"):
             out += sets["numerical"]
@@ -206,7 +213,7 @@ def mine(
     device: Annotated[str, typer.Option(help="Model device.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16.")] = "float32",
     steps: Annotated[int | None, typer.Option(help="Sampler steps.")] = None,
-    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 7.5,
+    guidance: GuidanceOpt = None,
 ) -> None:
     """Mine seeds: generate prompts x seeds, judge, write results and a summary JSON.
 
@@ -268,7 +275,7 @@ def curate(
     device: Annotated[str, typer.Option(help="Model device.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16.")] = "float32",
     steps: Annotated[int | None, typer.Option(help="Sampler steps.")] = None,
-    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 7.5,
+    guidance: GuidanceOpt = None,
 ) -> None:
     """Generate the self-curated training folder (images + metadata.jsonl) from top seeds."""
     from tamis.seeds import stats
@@ -326,7 +333,7 @@ def finetune(
         seed=seed,
         checkpoint_every=checkpoint_every,
     )
-    gen = _generator(pipeline, world, device, "float32", None, 1.0)
+    gen = _generator(pipeline, world, device, "float32", None, None)
     if pipeline is not None:
         pipe = gen.pipeline
         tok = pipe.tokenizer
@@ -350,15 +357,22 @@ def finetune(
         )
         pipe.save_pretrained(str(out / "pipeline"))
     else:
-        from diffusers import DDPMScheduler
+        from tamis.seeds.world.model import train_scheduler
 
-        noise_sched = getattr(gen, "train_scheduler", None) or DDPMScheduler.from_config(
-            gen.scheduler.config
+        hist = run_finetune(
+            gen.unet, gen.encode_text, train_scheduler(), data, None, cfg, out_dir=out
         )
-        hist = run_finetune(gen.unet, gen.encode_text, noise_sched, data, None, cfg, out_dir=out)
         from tamis.seeds.world.model import save_model
 
-        save_model(out / "world", gen.unet, gen.text_encoder, gen.tokenizer, fp16=False)
+        sampling = {"steps": gen.settings.steps, "guidance": gen.settings.guidance}
+        save_model(
+            out / "world",
+            gen.unet,
+            gen.text_encoder,
+            gen.tokenizer,
+            extra={"sampling": sampling, "finetune": asdict(cfg)},
+            fp16=False,
+        )
     console.print(f"{hist['n_trained']} parameters trained, final loss {hist['loss'][-1]:.4f}")
 
 
@@ -386,7 +400,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="Model device.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16.")] = "float32",
     steps: Annotated[int | None, typer.Option(help="Sampler steps.")] = None,
-    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 7.5,
+    guidance: GuidanceOpt = None,
 ) -> None:
     """Accuracy per category (bootstrap CI over prompts) on the evaluation split."""
     from tamis._io import write_text_atomic

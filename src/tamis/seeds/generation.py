@@ -247,7 +247,7 @@ class DiffusersGenerator:
         return {"class": type(sched).__name__, "config": _json_safe(dict(sched.config))}
 
     def fingerprint(self) -> str:
-        """SHA-256 over every component's config and weights (computed once, cached)."""
+        """SHA-256 over every component's config, weights and tokenizer vocabulary (cached)."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             for name, comp in sorted(self.pipeline.components.items()):
@@ -260,6 +260,9 @@ class DiffusersGenerator:
                     cfg = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
                     cfg.pop("transformers_version", None)
                     h.update(json.dumps(_json_safe(cfg), sort_keys=True).encode())
+                if hasattr(comp, "get_vocab"):  # a tokenizer: its vocabulary and limits
+                    h.update(json.dumps(sorted(comp.get_vocab().items())).encode())
+                    h.update(str(getattr(comp, "model_max_length", "")).encode())
                 if isinstance(comp, torch.nn.Module):
                     for key, tensor in sorted(comp.state_dict().items()):
                         h.update(key.encode())

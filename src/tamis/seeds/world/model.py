@@ -158,10 +158,18 @@ class ShapesWorldGenerator:
         self._fingerprint: str | None = None
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs) -> ShapesWorldGenerator:
-        """Load a model folder (see :func:`load_model`)."""
-        unet, enc, tok, _ = load_model(path)
-        return cls(unet, enc, tok, **kwargs)
+    def load(cls, path: str | Path, steps: int | None = None, guidance: float | None = None,
+             **kwargs) -> ShapesWorldGenerator:
+        """Load a model folder (see :func:`load_model`).
+
+        ``steps`` / ``guidance`` left at ``None`` take the folder's measured sampling defaults
+        (``world_model.json`` -> ``"sampling"``), else 20 DDIM steps and guidance 2.
+        """
+        unet, enc, tok, meta = load_model(path)
+        sampling = meta.get("sampling", {})
+        steps = int(sampling.get("steps", 20)) if steps is None else steps
+        guidance = float(sampling.get("guidance", 2.0)) if guidance is None else guidance
+        return cls(unet, enc, tok, steps=steps, guidance=guidance, **kwargs)
 
     @classmethod
     def load_default(cls, **kwargs) -> ShapesWorldGenerator:
