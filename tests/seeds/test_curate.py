@@ -63,3 +63,13 @@ def test_needs_judge(tiny_generator, tmp_path):
         curate(tiny_generator, PROMPTS, TOP, tmp_path, None, CurateConfig(mode="filter"))
     with pytest.raises(ValueError, match="unknown curation mode"):
         CurateConfig(mode="x")
+
+
+def test_curated_folder_loads_as_a_datasets_imagefolder(tiny_generator, tmp_path):
+    """What diffusers' train_text_to_image.py does with --train_data_dir (where installed)."""
+    datasets = pytest.importorskip("datasets")
+    meta = curate(tiny_generator, PROMPTS, TOP, tmp_path, None,
+                  CurateConfig(mode="none", batch_size=3, progress=False))
+    ds = datasets.load_dataset("imagefolder", data_dir=str(tmp_path), split="train")
+    assert len(ds) == len(meta) and ds[0]["image"].size == (16, 16)
+    assert sorted(ds["text"]) == sorted(m["text"] for m in meta)

@@ -69,7 +69,7 @@ def demo_section(out_dir: Path, data_dir: Path | None = None) -> Section:
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
-        gen = ShapesWorldGenerator.load_default(steps=20, guidance=2.0)
+        gen = ShapesWorldGenerator.load_default()  # the folder's measured sampling defaults
     except FileNotFoundError as err:
         return Section(title=title, error=f"shipped checkpoint missing: {err}")
     checker = ExactChecker()
@@ -88,9 +88,10 @@ def demo_section(out_dir: Path, data_dir: Path | None = None) -> Section:
         cells = verdicts[i * len(seeds):(i + 1) * len(seeds)]
         rows.append([p.text] + [("ok " if v.correct else "x ") + str(v.answer) for v in cells])
     body = [
-        "<p>The shipped shapes-world base model (1.41M-parameter pixel-space UNet, DDIM 20 "
-        "steps, guidance 2) on held-out prompts (rows) x seeds 0-3 (columns), judged by the "
-        "exact checker (answer = judged count, or whether the relation holds).</p>",
+        "<p>The shipped shapes-world base model (1.41M-parameter pixel-space UNet, DDIM "
+        f"{gen.settings.steps} steps, guidance {gen.settings.guidance:g}) on held-out prompts "
+        "(rows) x seeds 0-3 (columns), judged by the exact checker (answer = judged count, or "
+        "whether the relation holds).</p>",
         '<img src="seeds_grid.png" alt="prompts x seeds grid">',
         html_table(["prompt"] + [f"seed {s}" for s in seeds], rows),
     ]
@@ -127,7 +128,8 @@ def demo_section(out_dir: Path, data_dir: Path | None = None) -> Section:
         body.append("<p>No committed arms results (benchmarks/results/seeds_arms.md is "
                     "missing): run benchmarks/seeds/arms.py.</p>")
     if (FT_DIR / "world_model.json").exists():
-        ft = ShapesWorldGenerator.load(FT_DIR, steps=20, guidance=2.0)
+        ft = ShapesWorldGenerator.load(FT_DIR, steps=gen.settings.steps,
+                                       guidance=gen.settings.guidance)
         after = ft.generate(texts, lat)
         save_grid(after, len(prompts), out_dir / "seeds_grid_after.png")
         acc_b = np.mean([v.correct for v in verdicts])
