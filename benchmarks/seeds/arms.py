@@ -35,7 +35,12 @@ from tamis.seeds.generation import initial_latents
 from tamis.seeds.mining import MiningConfig, mine
 from tamis.seeds.world.captions import world_prompts
 from tamis.seeds.world.checker import ExactChecker
-from tamis.seeds.world.model import DEFAULT_DIR, ShapesWorldGenerator, train_scheduler
+from tamis.seeds.world.model import (
+    DEFAULT_DIR,
+    ShapesWorldGenerator,
+    save_model,
+    train_scheduler,
+)
 
 ARMS = ("base", "base_top_seeds", "ft_random", "ft_random_filtered", "ft_top_seeds",
         "ft_top_seeds_rectified")
@@ -57,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ft-lr", type=float, default=3e-4)
     p.add_argument("--ft-blocks", default="d2mu0", help="attention blocks of the world UNet")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="default: the model folder's measured sampling default")
     p.add_argument("--judge", choices=("cnn", "checker"), default="cnn", help="mining judge")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="minutes-sized run of the same code")
@@ -126,6 +132,10 @@ def _finetuned(base: ShapesWorldGenerator, images, captions, args, out: Path
     hist = finetune(unet, encode, train_scheduler(), images, captions, cfg, out_dir=out / "ft")
     print(f"  fine-tuned {hist['n_trained']} parameters, loss {np.mean(hist['loss'][:5]):.4f}"
           f" -> {np.mean(hist['loss'][-5:]):.4f}", flush=True)
+    if not (out / "model" / "world_model.json").exists():
+        save_model(out / "model", unet, enc, base.tokenizer, extra={
+            "sampling": {"steps": base.settings.steps, "guidance": base.settings.guidance},
+            "finetune": cfg.to_dict(), "base": str(args.model), "command": " ".join(sys.argv)})
     return ShapesWorldGenerator(unet.eval(), enc, base.tokenizer, steps=base.settings.steps,
                                 guidance=base.settings.guidance)
 
