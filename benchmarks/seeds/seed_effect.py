@@ -1,7 +1,7 @@
 """Does the seed matter for the shapes-world base model? (before any fine-tuning arm)
 
     .venv/bin/python benchmarks/seeds/seed_effect.py \
-        --model benchmarks/seeds/runs/world_base/model --seeds 32 --numerical 28 --spatial 12
+        --model src/tamis/seeds/checkpoints/world_base --seeds 32 --numerical 28 --spatial 12
 
 Mines the base model over training prompts x seeds with ``tamis.seeds.mining.mine`` (resumable
 JSONL + PNGs under ``--work``), judged by the exact checker (truth, with object positions), then
@@ -78,7 +78,7 @@ def heatmap_png(maps: dict[int, np.ndarray], path: Path, n: int = 16) -> None:
 
 
 def run(model: Path, n_seeds: int, n_num: int, n_spa: int, work: Path, results: Path,
-        seed_offset: int = 1000, steps: int = 20, guidance: float = 2.0) -> dict:
+        seed_offset: int = 1000, steps: int = 20, guidance: float | None = None) -> dict:
     """Mine, judge twice, compute the statistics; return the results dict."""
     t0 = time.time()
     gen = ShapesWorldGenerator.load(model, steps=steps, guidance=guidance)
@@ -116,7 +116,8 @@ def run(model: Path, n_seeds: int, n_num: int, n_spa: int, work: Path, results: 
     heatmap_png(maps, results.with_suffix(".png"))
     out = {
         "model": str(model), "fingerprint": gen.fingerprint(), "seeds": [seeds[0], seeds[-1]],
-        "n_prompts": len(prompts), "n_images": len(rows), "steps": steps, "guidance": guidance,
+        "n_prompts": len(prompts), "n_images": len(rows), "steps": steps,
+        "guidance": gen.settings.guidance,
         "accuracy_exact": acc_by_kind, "shape_validity": validity,
         "cnn_agreement_with_checker": agree,
         "cnn_accuracy_by_kind": {
@@ -165,12 +166,13 @@ def to_markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=Path("benchmarks/seeds/runs/world_base/model"))
+    p.add_argument("--model", type=Path, default=Path("src/tamis/seeds/checkpoints/world_base"))
     p.add_argument("--seeds", type=int, default=32)
     p.add_argument("--numerical", type=int, default=28)
     p.add_argument("--spatial", type=int, default=12)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="default: the model folder's measured sampling default")
     p.add_argument("--work", type=Path, default=Path("benchmarks/seeds/runs/seed_effect"))
     p.add_argument("--results", type=Path,
                    default=Path("benchmarks/results/seeds_seed_effect.json"))

@@ -42,3 +42,49 @@ def test_smoke_training_reduces_loss_and_resumes(tmp_path) -> None:
     gen = ShapesWorldGenerator.load(out / "model", steps=2)
     img = gen.generate(["two red circles"], initial_latents([0], gen.latent_shape()))
     assert img.shape == (1, 16, 16, 3) and img.dtype == np.uint8
+
+
+def test_warm_start_records_its_parent_and_cosine_decays(tmp_path) -> None:
+    mod = _script()
+    first = tmp_path / "first"
+    mod.train(mod.parse_args(["--out", str(first), "--smoke", "--batch-size", "2",
+                              "--steps", "4", "--every", "4"]))
+    second = tmp_path / "second"
+    args = mod.parse_args(["--out", str(second), "--smoke", "--batch-size", "2", "--steps", "4",
+                           "--every", "4", "--init", str(first / "model"), "--seed", "1",
+                           "--schedule", "cosine", "--warmup", "1", "--lr", "1e-3"])
+    # the schedule: warm-up, the peak, then a decay to min_lr_ratio x lr at the last step
+    lrs = [mod.learning_rate(args, s) for s in range(4)]
+    assert lrs[0] == 1e-3 and lrs[1] == 1e-3 and lrs[1] > lrs[2] > lrs[3]
+    assert abs(mod.learning_rate(args, 4) - 1e-3 * args.min_lr_ratio) < 1e-12
+    # the warm start begins from the parent's weights, not from a fresh initialisation
+    before = ShapesWorldGenerator.load(first / "model").unet.state_dict()
+    mod.train(args)
+    meta = json.loads((second / "model" / "world_model.json").read_text())
+    assert meta["training"]["init"]["path"] == str(first / "model")
+    assert meta["training"]["init"]["training"]["step"] == 4
+    after = ShapesWorldGenerator.load(second / "model").unet.state_dict()
+    key = "conv_in.weight"
+    drift = (after[key] - before[key]).abs().max().item()
+    fresh = (mod.wm.build_unet(16).state_dict()[key] - before[key]).abs().max().item()
+    assert 0 < drift < fresh
+
+
+def test_load_reads_the_folders_sampling_defaults(tmp_path) -> None:
+    import shutil
+
+    from tamis.seeds.world.model import DEFAULT_DIR
+
+    folder = tmp_path / "m"
+    shutil.copytree(DEFAULT_DIR, folder)
+    meta = json.loads((folder / "world_model.json").read_text())
+    meta["sampling"] = {"steps": 7, "guidance": 3.5}
+    (folder / "world_model.json").write_text(json.dumps(meta))
+    gen = ShapesWorldGenerator.load(folder)
+    assert (gen.settings.steps, gen.settings.guidance) == (7, 3.5)
+    gen = ShapesWorldGenerator.load(folder, steps=3, guidance=1.0)
+    assert (gen.settings.steps, gen.settings.guidance) == (3, 1.0)
+    meta.pop("sampling")
+    (folder / "world_model.json").write_text(json.dumps(meta))
+    gen = ShapesWorldGenerator.load(folder)
+    assert (gen.settings.steps, gen.settings.guidance) == (20, 2.0)
