@@ -175,6 +175,7 @@ def test_world_mine_curate_finetune_evaluate(tmp_path):
     from tamis.seeds.world.model import DEFAULT_DIR
 
     runner = CliRunner()
+    default = json.loads((DEFAULT_DIR / "world_model.json").read_text())["sampling"]
     world = ["--world", str(DEFAULT_DIR), "--steps", "2"]
     mined = tmp_path / "mined.jsonl"
     args = ["mine", "--out", str(mined), *world, "--judge", "checker", "--kind", "numerical"]
@@ -183,7 +184,7 @@ def test_world_mine_curate_finetune_evaluate(tmp_path):
     rows = [json.loads(x) for x in mined.read_text().splitlines()]
     assert len(rows) == 96  # 48 training count prompts on one background x 2 seeds
     rec = rows[0]["record"]
-    assert rec["steps"] == 2 and rec["guidance"] == 2.0  # the folder's sampling default
+    assert rec["steps"] == 2 and rec["guidance"] == default["guidance"]  # the folder's
     assert {row["judge"] for row in rows} == {"exact-checker"}
     cur = tmp_path / "curated"
     r = runner.invoke(
@@ -202,7 +203,7 @@ def test_world_mine_curate_finetune_evaluate(tmp_path):
     )
     assert r.exit_code == 0, r.output
     saved = json.loads((ft / "world" / "world_model.json").read_text())
-    assert saved["sampling"] == {"steps": 20, "guidance": 2.0}
+    assert saved["sampling"] == {"steps": default["steps"], "guidance": default["guidance"]}
     assert saved["finetune"]["mode"] == "qk"
     ev = tmp_path / "ev"
     r = runner.invoke(
