@@ -191,12 +191,6 @@ def _logits(model, reviews: ReviewSet) -> list[np.ndarray]:
     return out
 
 
-def _argmax_rates(z: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    k = len(offset)
-    win = (z + np.concatenate([offset, [0.0]])[:, None]).argmax(0)
-    return 100.0 * np.array([(win == a).mean() for a in range(k)])
-
-
 def argmax_scores(model, dev: ReviewSet, test: ReviewSet, target: np.ndarray,
                   tol: float = 0.05) -> dict:
     """Test scores at matched sparsity under the method's own selection rule.
@@ -212,27 +206,15 @@ def argmax_scores(model, dev: ReviewSet, test: ReviewSet, target: np.ndarray,
     (RNP) select independently per aspect: their argmax view is the quantile view.
     """
     from tamis.rationale.metrics import rationale_scores
+    from tamis.rationale.training import fit_offsets
 
     aspects = tuple(model.aspects)
     k = len(aspects)
     if model.selector != "softmax":
         return quantile_scores(model, dev, test, target)
     test_logits = _tiebreak(_logits(model, test), 2)
-    z = np.concatenate(test_logits, axis=1)
-    offset = np.zeros(k)
-    span = float(z.max() - z.min()) + 1.0
-    for _ in range(20):
-        rate = _argmax_rates(z, offset)
-        if (np.abs(rate - target) <= tol).all():
-            break
-        for a in range(k):
-            lo, hi = -span, span
-            for _ in range(60):
-                offset[a] = (lo + hi) / 2
-                r = _argmax_rates(z, offset)[a]
-                if abs(r - target[a]) <= tol / 4:
-                    break
-                lo, hi = (offset[a], hi) if r < target[a] else (lo, offset[a])
+    z = np.concatenate(test_logits, axis=1).T
+    offset = fit_offsets(z, np.asarray(target, np.float64), "softmax", tol=tol, rounds=20)
     shift = np.concatenate([offset, [0.0]])[:, None]
     pred = []
     for lg in test_logits:
@@ -244,24 +226,15 @@ def argmax_scores(model, dev: ReviewSet, test: ReviewSet, target: np.ndarray,
     return out
 
 
-@torch.no_grad()
 def _scores(model, reviews: ReviewSet) -> list[np.ndarray]:
     """Per review ``(K, L_i)`` generator scores: aspect logit minus "none" (softmax selector)
     or the gate logit (Bernoulli selector)."""
-    model.eval()
-    toks = [r.tokens for r in reviews.reviews]
-    ids_all, lengths = model.vocab.encode(toks, model.cfg.max_len, warn=False)
+    k = len(model.aspects)
     out = []
-    for s in range(0, len(toks), 256):
-        lens = lengths[s:s + 256]
-        width = max(int(lens.max()), 1)
-        ids = ids_all[s:s + 256, :width]
-        pad = (torch.arange(width).unsqueeze(0) < lens.unsqueeze(1)).float()
-        lg = model.logits(ids, pad)
-        k = len(model.aspects)
-        sc = lg[..., :k] - lg[..., k:k + 1] if lg.shape[-1] == k + 1 else lg
-        sc = sc.transpose(1, 2).numpy().astype(np.float64)
-        out.extend(sc[i, :, :int(n)] for i, n in enumerate(lens))
+    for lg in _logits(model, reviews):
+        if lg.shape[0] == k + 1:  # the float32 difference, as the model computes it
+            lg = (lg[:k].astype(np.float32) - lg[k:].astype(np.float32)).astype(np.float64)
+        out.append(lg)
     return out
 
 

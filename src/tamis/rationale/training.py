@@ -525,6 +525,40 @@ def _rates(logits: np.ndarray, offset: np.ndarray, selector: str) -> np.ndarray:
     return 100.0 * ((logits + offset) > 0).mean(0)
 
 
+def fit_offsets(
+    logits: np.ndarray, target: np.ndarray, selector: str, offset: np.ndarray | None = None,
+    tol: float = 0.5, rounds: int = 10,
+) -> np.ndarray:
+    """Per-aspect offsets so that each aspect selects ``target`` percent of the tokens.
+
+    ``logits`` are token logits ``(N, K+1)`` (softmax selector: argmax with the offsets added
+    to the K aspect logits, "none" unshifted) or ``(N, K)`` (Bernoulli gates: logit + offset
+    > 0). Bisection per aspect over the logits' range, in Gauss-Seidel rounds (the K+1 argmax
+    couples the aspects), starting from ``offset`` (zeros by default).
+    """
+    k = len(target)
+    offset = np.zeros(k) if offset is None else np.asarray(offset, np.float64).copy()
+    rate = _rates(logits, offset, selector)
+    # an offset beyond the logits' range changes nothing more: bisect over that range
+    span = float(logits.max() - logits.min()) + float(np.abs(offset).max()) + 1.0
+    for _ in range(rounds):
+        if (np.abs(rate - target) <= tol).all():
+            break
+        for a in range(k):
+            lo, hi = -span, span
+            for _ in range(60):
+                offset[a] = (lo + hi) / 2
+                r = _rates(logits, offset, selector)[a]
+                if abs(r - target[a]) <= tol / 4:
+                    break
+                if r < target[a]:
+                    lo = offset[a]
+                else:
+                    hi = offset[a]
+        rate = _rates(logits, offset, selector)
+    return offset
+
+
 def calibrate_sparsity(
     model: RationaleModel, reviews: object, target: float | Sequence[float],
     tol: float = 0.5, rounds: int = 10,
@@ -550,25 +584,7 @@ def calibrate_sparsity(
     logits = token_logits(model, reviews).astype(np.float64)
     if logits.shape[0] == 0:
         raise ValueError("calibrate_sparsity needs reviews with at least one token")
-    offset = model.offset.numpy().astype(np.float64).copy()
-    rate = _rates(logits, offset, model.selector)
-    # an offset beyond the logits' range changes nothing more: bisect over that range
-    span = float(logits.max() - logits.min()) + float(np.abs(offset).max()) + 1.0
-    for _ in range(rounds):
-        if (np.abs(rate - tgt) <= tol).all():
-            break
-        for a in range(k):
-            lo, hi = -span, span
-            for _ in range(60):
-                offset[a] = (lo + hi) / 2
-                r = _rates(logits, offset, model.selector)[a]
-                if abs(r - tgt[a]) <= tol / 4:
-                    break
-                if r < tgt[a]:
-                    lo = offset[a]
-                else:
-                    hi = offset[a]
-        rate = _rates(logits, offset, model.selector)
+    offset = fit_offsets(logits, tgt, model.selector, model.offset.numpy(), tol, rounds)
     model.offset.copy_(torch.from_numpy(offset.astype(np.float32)))
     rate = selection_percent(model, reviews)
     if not (np.abs(rate - tgt) <= tol).all():
