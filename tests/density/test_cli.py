@@ -31,13 +31,40 @@ def test_score_and_evaluate(tmp_path, rng):
     assert m["precision"] > m["recall"]
 
 
-def test_bad_input_is_reported(tmp_path):
+def _one_line_error(res, *needles: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if "error:" in ln]
+    assert len(lines) == 1, res.output
+    text = lines[0][lines[0].index("error:"):]
+    for n in needles:
+        assert n in text, text
+
+
+def test_bad_input_is_one_line(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((5, 3)))
-    res = runner.invoke(app, ["score", str(tmp_path / "a.npy"), "--k", "10"])
-    assert res.exit_code != 0
-    assert "too large" in str(res.exception)
-    res = runner.invoke(app, ["evaluate", str(tmp_path / "missing.npy"), str(tmp_path / "a.npy")])
-    assert res.exit_code != 0
+    _one_line_error(runner.invoke(app, ["score", str(tmp_path / "a.npy"), "--k", "10"]),
+                    "too large")
+    _one_line_error(runner.invoke(app, ["evaluate", str(tmp_path / "missing.npy"),
+                                        str(tmp_path / "a.npy")]), "missing.npy", "not exist")
+    (tmp_path / "garbage.npy").write_bytes(b"this is not numpy at all")
+    _one_line_error(runner.invoke(app, ["score", str(tmp_path / "garbage.npy")]),
+                    "garbage.npy", "not a .npy")
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((50, 4)))
+    (tmp_path / "cut.npy").write_bytes(good.read_bytes()[:200])
+    _one_line_error(runner.invoke(app, ["score", str(tmp_path / "cut.npy")]), "truncated")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+    _one_line_error(runner.invoke(app, ["score", str(tmp_path / "obj.npy")]), "obj.npy",
+                    "Python objects")
+    np.save(tmp_path / "v.npy", np.ones(30))
+    _one_line_error(runner.invoke(app, ["score", str(tmp_path / "v.npy")]), "(N, D)")
+    nan = np.random.default_rng(0).normal(size=(40, 3))
+    nan[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    _one_line_error(runner.invoke(app, ["score", str(tmp_path / "nan.npy"), "--k", "5"]))
+    _one_line_error(runner.invoke(app, ["score", str(tmp_path)]), "directory")
 
 
 def _needs_bundled_models():

@@ -6,9 +6,11 @@ Fashion-MNIST demo models by default).
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import numpy as np
 import torch
@@ -32,13 +34,59 @@ def _progress() -> Progress:
     )
 
 
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _one_line_errors(fn: _F) -> _F:
+    """Answer a library error with one line naming the problem and exit code 2.
+
+    No traceback, as ``tamis attribute`` does; typer's own usage errors pass through.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        try:
+            fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, OSError, KeyError) as err:
+            if isinstance(err, typer.BadParameter):
+                raise
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            console.print(f"[red]error:[/] {msg}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_npy(path: Path, what: str) -> np.ndarray:
+    """A 2-D float feature array from a ``.npy`` file, or ``ValueError`` naming the problem."""
     if not path.exists():
-        raise typer.BadParameter(f"{what} file {path} does not exist")
-    return np.load(path)
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{what} path {path} is a directory, not a .npy file")
+    with open(path, "rb") as fh:
+        head = fh.read(len(_NPY_MAGIC))
+    if head != _NPY_MAGIC:
+        raise ValueError(f"{what} file {path} is not a .npy array (no NumPy header); save "
+                         "features with numpy.save")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        if "allow_pickle" in str(err):
+            raise ValueError(f"{what} file {path} holds Python objects (a pickled object "
+                             "array), not numeric features") from None
+        raise ValueError(f"{what} file {path} is a corrupted or truncated .npy ({err})") from None
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{what} file {path} holds dtype {arr.dtype}, not numbers")
+    if arr.ndim != 2:
+        raise ValueError(f"{what} file {path} has shape {arr.shape}; features must be (N, D)")
+    return arr
 
 
 @app.command()
+@_one_line_errors
 def score(
     reference: Annotated[
         Path, typer.Argument(help="Reference (real) features, .npy of shape (N, D).")
@@ -97,6 +145,7 @@ def score(
 
 
 @app.command()
+@_one_line_errors
 def evaluate(
     real: Annotated[Path, typer.Argument(help="Real features, .npy (N, D).")],
     fake: Annotated[Path, typer.Argument(help="Generated features, .npy (M, D).")],
@@ -132,6 +181,7 @@ def _steering(data_dir: Path | None, k: int, n_ref: int):  # noqa: ANN202
 
 
 @app.command()
+@_one_line_errors
 def sample(
     n: Annotated[int, typer.Option("--n", "-n", help="Samples to accept.")] = 1000,
     w: Annotated[float, typer.Option(help="Weight: > 1 fidelity, < 1 diversity.")] = 100.0,
@@ -213,6 +263,7 @@ def sample(
 
 
 @app.command()
+@_one_line_errors
 def finetune(
     w: Annotated[float, typer.Option(help="Real-side weight w_real (fake side 1/w).")] = 2.0,
     w_fake: Annotated[float | None, typer.Option(help="Fake-side weight (default 1/w).")] = None,
