@@ -110,9 +110,12 @@ def test_projection_larger_than_layer(tmp_path):
     with pytest.raises(
         AttributionError, match=r"d2=8 is larger than layer '0'.*output dimension 5"
     ):
-        _store(tmp_path, projection=ProjectionConfig(d1=3, d2=8))
-    store = _store(tmp_path / "clip", projection=ProjectionConfig(d1=3, d2=8, clip_to_layer=True))
+        _store(tmp_path, projection=ProjectionConfig(d1=3, d2=8, clip_to_layer=False))
+    store = _store(tmp_path / "clip", projection=ProjectionConfig(d1=3, d2=8))
     assert [lay["d2"] for lay in store.layers] == [5, 3]
+    assert [lay["clipped"] for lay in store.layers] == [True, True]
+    store = _store(tmp_path / "fits", projection=ProjectionConfig(d1=2, d2=2))
+    assert [lay["clipped"] for lay in store.layers] == [False, False]
 
 
 def test_corrupted_shard(tmp_path):

@@ -116,3 +116,13 @@ def test_cli_errors_are_named(tmp_path):
     assert res.exit_code == 2 and "not a tamis store" in res.output
     res = runner.invoke(app, ["attribute", "build", "--task", "nonsense", "--store", str(tmp_path)])
     assert res.exit_code == 2 and "module:function" in res.output
+
+
+def test_zero_argument_attributor_runs_on_a_small_classifier(tmp_path):
+    """The defaults (d1 = d2 = 64, r = 64) on layers narrower than 64: clipped, recorded."""
+    att = Attributor(ClassificationTask(), mlp(), tmp_path / "s").fit(classification_data(15))
+    layers = att.store.layers
+    assert all(lay["clipped"] for lay in layers)
+    assert all(lay["d1"] <= lay["in_dim"] and lay["d2"] <= lay["out_dim"] for lay in layers)
+    scores = att.score(classification_data(4)).scores
+    assert scores.shape == (4, 15) and np.isfinite(np.asarray(scores)).all()

@@ -29,8 +29,11 @@ class ProjectionConfig:
             never stored with the data.
         kind: ``"gaussian"`` (N(0, 1/d)), ``"rademacher"`` (+-1/sqrt(d)) or ``"identity"``
             (no projection: d1 = I, d2 = O; for exactness checks and tiny models).
-        clip_to_layer: If False (default) a d1 > I or d2 > O is an error; if True the
-            dimension is clipped to the layer's and that side uses the identity (lossless).
+        clip_to_layer: If True (default) a d1 > I or d2 > O is clipped to the layer's
+            dimension and that side uses the identity (lossless; the layer's entry in the
+            store layout says ``"clipped": true``), so the default configuration runs on
+            any model, e.g. a 10-class output layer under d2 = 64. If False (strict) it is an
+            error naming the layer.
         include_bias: Treat a layer's bias as an extra input column of ones, so its
             gradient is attributed too.
 
@@ -40,7 +43,7 @@ class ProjectionConfig:
     d2: int = 64
     seed: int = 0
     kind: Literal["gaussian", "rademacher", "identity"] = "gaussian"
-    clip_to_layer: bool = False
+    clip_to_layer: bool = True
     include_bias: bool = True
 
     def __post_init__(self) -> None:

@@ -18,7 +18,11 @@ from tamis.attribution.errors import AttributionError
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """Shapes of one tracked layer: input dim (bias column included), output dim, d1, d2."""
+    """Shapes of one tracked layer: input dim (bias column included), output dim, d1, d2.
+
+    ``clipped`` records that the requested d1 or d2 exceeded the layer and was lowered to it
+    (that side is then the identity); it is written to the store's layer layout.
+    """
 
     name: str
     in_dim: int
@@ -27,6 +31,7 @@ class LayerSpec:
     d2: int
     in_identity: bool
     out_identity: bool
+    clipped: bool = False
 
     @property
     def dim(self) -> int:
@@ -50,7 +55,8 @@ def layer_spec(name: str, in_dim: int, out_dim: int, cfg: ProjectionConfig) -> L
                 "set ProjectionConfig(clip_to_layer=True)"
             )
     d1, d2 = min(cfg.d1, in_dim), min(cfg.d2, out_dim)
-    return LayerSpec(name, in_dim, out_dim, d1, d2, d1 == in_dim, d2 == out_dim)
+    clipped = d1 < cfg.d1 or d2 < cfg.d2
+    return LayerSpec(name, in_dim, out_dim, d1, d2, d1 == in_dim, d2 == out_dim, clipped)
 
 
 def _seed_for(base: int, name: str, side: str) -> int:
