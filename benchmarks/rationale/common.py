@@ -87,18 +87,19 @@ def _f1_row(scores: dict, aspects: tuple[str, ...]) -> dict:
 
 
 def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | None = None,
-        log=print, **overrides: object) -> dict:
+        log=print, shortcut: float = SHORTCUT, **overrides: object) -> dict:
     """Train (or fetch from the cache) one configuration and score it on the test split.
 
     Args:
         name: the cache key.
         rho: the corpus's rating correlation.
         method: ``RationaleConfig.method``.
-        seed: the training seed (the corpus is fixed per ``rho``).
+        seed: the training seed (the corpus is fixed per ``rho`` and ``shortcut``).
         target: per-aspect sparsity target in percent for the matched-sparsity scores
             (calibrated on dev with ``calibrate_sparsity``, scored on test); default: the
             dev gold rate.
         log: a line printer.
+        shortcut: the corpus's verdict-sentence probability (``SyntheticConfig.shortcut``).
         **overrides: further ``RationaleConfig`` fields.
 
     Returns:
@@ -112,7 +113,7 @@ def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | 
             from tamis.rationale.models import RationaleModel
 
             torch.set_num_threads(1)
-            _, dev, test = corpus(rho)
+            _, dev, test = corpus(rho, shortcut)
             model = RationaleModel.load(RUN_DIR / name)
             r["argmax"] = argmax_scores(model, dev, test, np.asarray(r["target_sparsity"]))
             save_run(name, r)
@@ -123,7 +124,7 @@ def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | 
     from tamis.rationale.training import calibrate_sparsity, evaluate, fit
 
     torch.set_num_threads(1)
-    train, dev, test = corpus(rho)
+    train, dev, test = corpus(rho, shortcut)
     if target is None:
         target = np.round(gold_rate(dev), 1)
     cfg = RationaleConfig(method=method, **{**BASE, **overrides})  # type: ignore[arg-type]
@@ -158,7 +159,7 @@ def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | 
         "config": {k: v for k, v in asdict(cfg).items() if k != "stages"} | {
             "stages": None if cfg.stages is None else [asdict(s) for s in cfg.stages]},
         "corpus": {"n_train": N_TRAIN, "n_dev": N_DEV, "n_test": N_TEST, "max_len": MAX_LEN,
-                   "shortcut": SHORTCUT, "correlation": rho, "seed": 0},
+                   "shortcut": shortcut, "correlation": rho, "seed": 0},
         "target_sparsity": target.tolist(), "dev_sparsity_after_calibration": achieved_dev,
         "raw": _f1_row(raw["rationale"], aspects), "raw_rating": raw["rating"],
         "matched": _f1_row(matched["rationale"], aspects), "matched_rating": matched["rating"],
@@ -223,7 +224,33 @@ def argmax_scores(model, dev: ReviewSet, test: ReviewSet, target: np.ndarray,
     gold = [test.gold_masks(i)[:, :p.shape[1]] for i, p in enumerate(pred)]
     out = _f1_row(rationale_scores(pred, gold, aspects), aspects)
     out["offset"] = offset.tolist()
+    out["shortcut_rate"] = shortcut_rate(pred, test, aspects)
     return out
+
+
+_VERDICT_OPENINGS = (("overall", ","), ("all", "in"), ("my", "verdict"))
+
+
+def verdict_mask(tokens: list[str]) -> np.ndarray:
+    """Tokens of the synthetic corpus's opening verdict sentence (the planted shortcut)."""
+    m = np.zeros(len(tokens), bool)
+    if tuple(tokens[:2]) in _VERDICT_OPENINGS and "." in tokens:
+        m[:tokens.index(".") + 1] = True
+    return m
+
+
+def shortcut_rate(pred: list[np.ndarray], reviews: ReviewSet,
+                  aspects: tuple[str, ...]) -> dict:
+    """Per aspect the percentage of selected tokens that lie in the verdict sentence (the
+    shortcut lock-on rate of the paper note's interlocking diagnostic), and their mean."""
+    hit = np.zeros(len(aspects))
+    sel = np.zeros(len(aspects))
+    for p, r in zip(pred, reviews.reviews):
+        v = verdict_mask(r.tokens)[:p.shape[1]]
+        hit += (p & v).sum(1)
+        sel += p.sum(1)
+    rate = 100 * hit / np.maximum(sel, 1)
+    return {a: float(x) for a, x in zip(aspects, rate)} | {"_all": float(rate.mean())}
 
 
 def _scores(model, reviews: ReviewSet) -> list[np.ndarray]:
@@ -258,7 +285,9 @@ def quantile_scores(model, dev: ReviewSet, test: ReviewSet, target: np.ndarray) 
     test_s = _tiebreak(_scores(model, test), 2)
     pred = [s > thr[:, None] for s in test_s]
     gold = [test.gold_masks(i)[:, :p.shape[1]] for i, p in enumerate(pred)]
-    return _f1_row(rationale_scores(pred, gold, aspects), aspects)
+    out = _f1_row(rationale_scores(pred, gold, aspects), aspects)
+    out["shortcut_rate"] = shortcut_rate(pred, test, aspects)
+    return out
 
 
 def fmt(x: object, nd: int = 1) -> str:
