@@ -23,6 +23,12 @@ class SequenceTask(AttributionTask):
     def compute_measurement(self, batch, model):
         return self.compute_train_loss(batch, model)
 
+    def compute_sampled_loss(self, batch, model, generator):
+        from tamis.attribution.fisher import sampled_cross_entropy
+
+        (tokens,) = batch
+        return sampled_cross_entropy(model(tokens[:, :-1]), generator)
+
 
 def mlp(d_in: int = 6, hidden: int = 5, classes: int = 3, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

@@ -28,12 +28,15 @@ from tamis.attribution.errors import (
     StoreMismatchError,
     UnsupportedModuleError,
 )
+from tamis.attribution.fisher import FisherSource, sampled_cross_entropy
 from tamis.attribution.methods import METHODS, Attributor
 from tamis.attribution.scoring import ScoreResult, compute_scores, score_gradients, self_influence
 from tamis.attribution.store import FactorStore
 from tamis.attribution.task import AttributionTask
 
 __all__ = [
+    "FisherSource",
+    "sampled_cross_entropy",
     "METHODS",
     "AttributionError",
     "AttributionTask",

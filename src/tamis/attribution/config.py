@@ -113,12 +113,21 @@ class CurvatureConfig:
         damping_mode: ``"relative"`` (lambda = damping * trace(F) / D, the LogIX /
             Kronfluence heuristic) or ``"absolute"``.
         granularity: ``"layer"`` (block-diagonal, default) or ``"model"`` (one block).
-        method: ``"randomized"`` (Halko streaming SVD over the factored store) or
-            ``"exact"`` (accumulate F = G^T G / N and eigendecompose; D <= a few thousand).
+        method: ``"randomized"`` (Halko streaming SVD over the factored store: one pass
+            per power iteration plus two), ``"nystrom"`` (single-pass Nystrom sketch of the
+            PSD F, Tropp et al. 2017: one pass, slightly less accurate) or ``"exact"``
+            (accumulate F = G^T G / N and eigendecompose; D <= a few thousand).
         oversample: Extra random directions for the randomized SVD.
         power_iters: Power iterations for the randomized SVD.
         seed: Seed of the randomized SVD's test matrix.
         chunk_size: Examples per streamed chunk.
+        fisher: Which Fisher the curvature estimates: ``"empirical"`` (the stored
+            gradients of the observed labels; the paper's), ``"true"`` (gradients of
+            labels sampled from the model, recomputed from the model and data at fit time
+            and never stored; Kronfluence's) or ``"ggn"`` (the exact Gauss-Newton matrix,
+            K pseudo-gradients per example; small output spaces).
+        n_samples: Sampled labels per example for ``fisher="true"``.
+        fisher_batch_size: Examples per forward/backward of the true-Fisher / GGN pass.
 
     """
 
@@ -127,16 +136,26 @@ class CurvatureConfig:
     damping: float = 0.1
     damping_mode: Literal["relative", "absolute"] = "relative"
     granularity: Literal["layer", "model"] = "layer"
-    method: Literal["randomized", "exact"] = "randomized"
+    method: Literal["randomized", "nystrom", "exact"] = "randomized"
     oversample: int = 10
     power_iters: int = 2
     seed: int = 0
     chunk_size: int = 4096
     tail: Literal["none", "isotropic"] = "none"
     cache_projections: bool = False
+    fisher: Literal["empirical", "true", "ggn"] = "empirical"
+    n_samples: int = 1
+    fisher_batch_size: int = 64
 
     def __post_init__(self) -> None:
         _check(self.kind in ("lowrank", "dense", "identity"), f"unknown kind {self.kind!r}")
+        _check(self.fisher in ("empirical", "true", "ggn"), f"unknown fisher {self.fisher!r}")
+        _check(
+            isinstance(self.n_samples, int) and not isinstance(self.n_samples, bool)
+            and self.n_samples >= 1,
+            f"n_samples must be an integer >= 1, got {self.n_samples!r}",
+        )
+        _check(self.fisher_batch_size >= 1, "fisher_batch_size must be >= 1")
         _check(self.tail in ("none", "isotropic"), f"bad tail {self.tail!r}")
         _check(self.rank >= 1, f"rank r must be >= 1, got {self.rank}")
         _check(self.damping > 0, f"damping must be > 0, got {self.damping}")
@@ -144,7 +163,7 @@ class CurvatureConfig:
             self.damping_mode in ("relative", "absolute"), f"bad damping_mode {self.damping_mode!r}"
         )
         _check(self.granularity in ("layer", "model"), f"bad granularity {self.granularity!r}")
-        _check(self.method in ("randomized", "exact"), f"bad method {self.method!r}")
+        _check(self.method in ("randomized", "nystrom", "exact"), f"bad method {self.method!r}")
         _check(self.oversample >= 0 and self.power_iters >= 0, "oversample, power_iters >= 0")
         _check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
 

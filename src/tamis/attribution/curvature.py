@@ -1,7 +1,9 @@
-"""Damped empirical-Fisher preconditioners fitted by streaming over the store (Step 3).
+"""Damped Fisher preconditioners fitted by streaming over the store (Step 3).
 
 With G (N x D) the stacked projected training gradients of a block (one layer, or the
-whole model) and F = G^T G / N:
+whole model) and F = G^T G / N (the empirical Fisher; or, with ``fisher="true"`` / ``"ggn"``,
+the same second moment of sampled-label / Gauss-Newton pseudo-gradients streamed from a
+:class:`~tamis.attribution.fisher.FisherSource` instead of the store):
 
 * ``lowrank`` (LoRIF): top-r eigenpairs (V, s^2) of F by a streaming randomized SVD over
   the factored store (Halko et al.: rank r + oversampling, power iterations; one pass per
@@ -9,7 +11,10 @@ whole model) and F = G^T G / N:
 
       (F + lambda I)^-1 ~= (1/lambda) (I - V diag(s^2 / (s^2 + lambda)) V^T)
 
-  held in O(D r) memory. With r = D this is exact.
+  held in O(D r) memory. With r = D this is exact. ``method="nystrom"`` replaces the
+  power iterations by the single-pass Nystrom sketch of a PSD matrix (Tropp, Yurtsever,
+  Udell & Cevher 2017, Alg. 3): one pass over the gradients, which matters when every pass
+  recomputes them (the true Fisher).
 * ``dense`` (LoGRA): the full D x D inverse (F + lambda I)^-1.
 * ``identity``: no curvature (gradient dot / cosine).
 
@@ -178,9 +183,13 @@ def _blocks(store: FactorStore, granularity: str) -> list[tuple[list[str], list[
 
 
 class _Streamer:
-    """One pass over the store per call, applying a function to every block's rows."""
+    """One pass over the store (or a Fisher source) per call.
 
-    def __init__(self, store: FactorStore, blocks, cfg: CurvatureConfig, dtype, progress: bool):
+    Each pass applies a function to every block's rows.
+    """
+
+    def __init__(self, store: FactorStore, blocks, cfg: CurvatureConfig, dtype, progress: bool,
+                 source=None):
         self.store, self.blocks, self.cfg, self.dtype, self.progress = (
             store,
             blocks,
@@ -188,15 +197,32 @@ class _Streamer:
             dtype,
             progress,
         )
+        self.source = source
         self.passes = 0
+
+    @property
+    def num_examples(self) -> int:
+        return self.store.num_examples if self.source is None else self.source.num_examples
 
     def run(self, fn, label: str) -> None:
         self.passes += 1
-        chunks = self.store.iter_chunks(self.cfg.chunk_size, self.dtype)
-        total = self.store.num_chunks(self.cfg.chunk_size)
+        if self.source is None:
+            chunks = self.store.iter_chunks(self.cfg.chunk_size, self.dtype)
+            total = self.store.num_chunks(self.cfg.chunk_size)
+
+            def rows(chunk, name):
+                return chunk.dense(name)
+        else:
+            chunks = self.source.iter_chunks(self.dtype)
+            total = self.source.num_batches
+            label = f"{label} ({self.cfg.fisher} Fisher)"
+
+            def rows(chunk, name):
+                return chunk[name]
+
         for chunk in track(chunks, label, total, self.progress):
             for b, (names, _) in enumerate(self.blocks):
-                fn(b, torch.cat([chunk.dense(name) for name in names], dim=1))
+                fn(b, torch.cat([rows(chunk, name) for name in names], dim=1))
 
 
 def _fisher_times(stream: _Streamer, basis: dict, n: int, label: str) -> dict:
@@ -224,22 +250,71 @@ def _projected_fisher(stream: _Streamer, basis: dict, n: int) -> dict:
     return acc
 
 
+def _nystrom(sketch: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of the Nystrom approximation of a PSD F from Y = F Omega.
+
+    Tropp et al. 2017, Alg. 3: shift by nu, Cholesky of Omega^T Y_nu, SVD of Y_nu C^-1,
+    unshift.
+    """
+    y = sketch.double()
+    om = omega.double()
+    nu = torch.finfo(sketch.dtype).eps * max(float(torch.linalg.matrix_norm(y)), 1e-300)
+    y_nu = y + nu * om
+    core = om.T @ y_nu
+    core = (core + core.T) / 2
+    chol, info = torch.linalg.cholesky_ex(core)
+    if int(info) != 0:  # rank-deficient sketch (F of low rank): regularise harder
+        core = core + 1e-10 * float(core.diagonal().abs().max()) * torch.eye(
+            core.shape[0], dtype=core.dtype)
+        chol = torch.linalg.cholesky(core)
+    e = torch.linalg.solve_triangular(chol, y_nu.T, upper=False).T  # Y_nu C^-T
+    u, sv, _ = torch.linalg.svd(e, full_matrices=False)
+    vals = (sv**2 - nu).clamp_min(0)
+    return vals.to(sketch.dtype), u.to(sketch.dtype)
+
+
 def fit_curvature(
     store: FactorStore,
     config: CurvatureConfig | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    source=None,
 ) -> Curvature:
     """Fit the damped preconditioner of ``config.kind`` by streaming over ``store``.
 
+    Args:
+        store: the factor store (its layers define the blocks; its gradients are the
+            empirical Fisher's).
+        config: the curvature configuration.
+        dtype: compute precision.
+        progress: show progress bars.
+        source: a :class:`~tamis.attribution.fisher.FisherSource` (required for
+            ``config.fisher`` ``"true"`` or ``"ggn"``): the pseudo-gradients streamed
+            instead of the stored ones.
+
     Returns:
-        A :class:`Curvature`; ``extra["passes"]`` counts the passes over the store.
+        A :class:`Curvature`; ``extra["passes"]`` counts the passes over the store (or
+        over the source: each one a forward and backward pass over the data).
+
+    Raises:
+        StoreError: a block with all-zero gradients under relative damping.
+        AttributionError: a true-Fisher / GGN configuration without a source.
 
     """
+    from tamis.attribution.errors import AttributionError
+
     cfg = config or CurvatureConfig()
+    if cfg.kind == "identity":
+        source = None
+    elif cfg.fisher != "empirical" and source is None:
+        raise AttributionError(
+            f"fisher={cfg.fisher!r} recomputes gradients from the model and data: pass "
+            "source=FisherSource(task, model, data, store, ...) or use Attributor.fit")
+    if cfg.fisher == "empirical":
+        source = None
     blocks = _blocks(store, cfg.granularity)
-    n = store.num_examples
-    stream = _Streamer(store, blocks, cfg, dtype, progress)
+    stream = _Streamer(store, blocks, cfg, dtype, progress, source)
+    n = stream.num_examples
     dims = [sum(d) for _, d in blocks]
     trace = [0.0] * len(blocks)
     eig: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
@@ -265,6 +340,9 @@ def fit_curvature(
             )
             for D, ex in zip(dims, exact)
         ]
+        if cfg.method == "nystrom":  # orthonormal test matrix (Tropp et al.)
+            omega = [None if o is None else torch.linalg.qr(o.double()).Q.to(dtype)
+                     for o in omega]
         sketch = [None] * len(blocks)
 
         def first_pass(b, g):
@@ -280,7 +358,10 @@ def fit_curvature(
                 vals, vecs = torch.linalg.eigh(f)
                 eig[b] = (vals.flip(0).clamp_min(0), vecs.flip(1))
         todo = [b for b in range(len(blocks)) if not exact[b]]
-        if todo:
+        if todo and cfg.method == "nystrom":
+            for b in todo:
+                eig[b] = _nystrom(sketch[b], omega[b])
+        elif todo:
             basis = {b: torch.linalg.qr(sketch[b]).Q for b in todo}
             for it in range(cfg.power_iters):
                 applied = _fisher_times(stream, basis, n, f"curvature: power {it + 1}")
@@ -308,8 +389,13 @@ def fit_curvature(
             block.inverse = (vecs / (vals + lam)) @ vecs.T
         out.append(block)
     if cfg.kind == "lowrank" and cfg.cache_projections:
-        _cache_projections(stream, out)
-    return Curvature(cfg.kind, to_dict(cfg), out, store_identity(store), {"passes": stream.passes})
+        store_stream = _Streamer(store, blocks, cfg, dtype, progress)
+        _cache_projections(store_stream, out)
+        stream.passes += store_stream.passes
+    extra = {"passes": stream.passes, "fisher": cfg.fisher}
+    if source is not None:
+        extra["fisher_examples"] = n
+    return Curvature(cfg.kind, to_dict(cfg), out, store_identity(store), extra)
 
 
 def _cache_projections(stream: _Streamer, blocks: list[CurvatureBlock]) -> None:

@@ -58,6 +58,11 @@ class ClassificationTask(AttributionTask):
         """The query's loss (positive scores = training examples that lower it)."""
         return self.compute_train_loss(batch, model)
 
+    def compute_logits(self, batch, model):
+        """The class scores (enables ``fisher="true"`` and ``fisher="ggn"``)."""
+        x, _ = batch
+        return model(x)
+
     def tracked_modules(self, model):
         """The layers given at construction, or ``None`` for every supported layer."""
         return self.modules

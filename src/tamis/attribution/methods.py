@@ -105,8 +105,15 @@ class Attributor:
             collate_fn,
             overwrite,
         )
+        source = None
+        cfg = self.curvature_config
+        if cfg.fisher != "empirical" and cfg.kind != "identity":
+            from tamis.attribution.fisher import FisherSource
+
+            source = FisherSource(self.task, self.model, dataset, self.store, cfg.fisher,
+                                  cfg.n_samples, cfg.seed, cfg.fisher_batch_size, collate_fn)
         self.curvature = fit_curvature(
-            self.store, self.curvature_config, self.compute_dtype, self.build_config.progress
+            self.store, cfg, self.compute_dtype, self.build_config.progress, source
         )
         self.curvature.save(self.path / f"curvature-{self.curvature.kind}.safetensors")
         return self
