@@ -65,6 +65,13 @@ class LMTask(AttributionTask):
     def compute_measurement(self, batch, model):
         return self.compute_train_loss(batch, model)
 
+    def compute_sampled_loss(self, batch, model, generator):
+        """The same mean cross-entropy against characters sampled from the model (true Fisher)."""
+        from tamis.attribution import sampled_cross_entropy
+
+        x, _ = batch
+        return sampled_cross_entropy(model(x), generator) / x.shape[1]
+
     def tracked_modules(self, model):
         return LAYERS
 

@@ -108,6 +108,17 @@ def test_cli_build_info_query_verify(tmp_path):
     np.testing.assert_array_equal(arrays["helpful_indices"][:, 0], arrays["scores"].argmax(1))
     res = runner.invoke(app, ["attribute", "verify", "--store", store])
     assert res.exit_code == 0 and "verified" in res.output
+    out_true = tmp_path / "scores_true.npz"
+    res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", store,
+                              "--out", str(out_true), "--rank-r", "4", "--fisher", "true",
+                              "--n-samples", "2"])
+    assert res.exit_code == 0, res.output
+    true_scores = np.load(out_true)["scores"]
+    assert true_scores.shape == (3, 13) and np.isfinite(true_scores).all()
+    assert not np.allclose(true_scores, arrays["scores"])
+    res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", store,
+                              "--out", str(out_true), "--n-samples", "0", "--fisher", "true"])
+    assert res.exit_code == 2 and "n_samples must be an integer >= 1" in res.output
 
 
 def test_cli_errors_are_named(tmp_path):

@@ -98,12 +98,18 @@ def _init_distributed() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
-def _curvature_for(store: FactorStore, cfg: CurvatureConfig) -> Curvature:
+def _curvature_for(store: FactorStore, cfg: CurvatureConfig, bundle=None) -> Curvature:
     key = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
     path = store.path / f"curvature-{cfg.kind}-{key}.safetensors"
     if path.exists():
         return Curvature.load(path, store)
-    curvature = fit_curvature(store, cfg)
+    source = None
+    if cfg.fisher != "empirical" and cfg.kind != "identity":
+        from tamis.attribution.fisher import FisherSource
+
+        source = FisherSource(bundle.task, bundle.model, bundle.train, store, cfg.fisher,
+                              cfg.n_samples, cfg.seed, cfg.fisher_batch_size)
+    curvature = fit_curvature(store, cfg, source=source)
     curvature.save(path)
     return curvature
 
@@ -122,6 +128,10 @@ def query(
     damping: float = typer.Option(0.1, help="Damping lambda."),
     damping_mode: str = typer.Option("relative", help="relative (x mean eigenvalue) | absolute."),
     granularity: str = typer.Option("layer", help="layer | model."),
+    fisher: str = typer.Option(
+        "empirical", help="empirical (stored gradients) | true (sampled labels) | ggn (exact)."
+    ),
+    n_samples: int = typer.Option(1, help="Sampled labels per example (--fisher true)."),
     normalize: str = typer.Option("none", help="none | cosine | train_unit."),
     top_k: int = typer.Option(10, help="Most helpful / harmful examples kept per query."),
     self_scores: bool = typer.Option(False, help="Also compute self-influence of every example."),
@@ -138,9 +148,11 @@ def query(
             damping=damping,
             damping_mode=damping_mode,
             granularity=granularity,
+            fisher=fisher,
+            n_samples=n_samples,
         )
-        curv = _curvature_for(s, cfg)
         b = _bundle(task, cache_dir, data_dir)
+        curv = _curvature_for(s, cfg, b)
         result = compute_scores(
             b.task, b.model, b.queries, s, curv, ScoreConfig(normalize=normalize, top_k=top_k)
         )

@@ -610,6 +610,11 @@ class SyntheticConfig:
         n_filler: inclusive range of neutral filler sentences per review.
         gold: ``"phrase"`` (the aspect's whole sentiment-bearing phrase, like the Beer
             annotations) or ``"word"`` (only its sentiment word).
+        mention: probability that a review mentions an aspect at all (its sentence is
+            present); an unmentioned aspect keeps its rating and has an empty gold
+            rationale, as real reviews that skip an aspect. Below 1, another aspect's words
+            are the only evidence for an unmentioned aspect, and they are worth selecting
+            exactly when ratings correlate: the correlation shortcut behind interlocking.
 
     """
 
@@ -622,6 +627,7 @@ class SyntheticConfig:
     generic: float = 0.5
     n_filler: tuple[int, int] = (2, 5)
     gold: str = "phrase"
+    mention: float = 1.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the problem if a field is out of range."""
@@ -633,7 +639,7 @@ class SyntheticConfig:
             raise ValueError(f"duplicate aspects in {self.aspects}")
         if not 0.0 <= self.correlation <= 0.95:
             raise ValueError(f"correlation must lie in [0, 0.95], got {self.correlation}")
-        for name in ("shortcut", "generic"):
+        for name in ("shortcut", "generic", "mention"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}")
@@ -771,6 +777,8 @@ def _synthetic_review(cfg: SyntheticConfig, y: np.ndarray,
     levels = np.rint(y * (LEVELS - 1)).astype(int)
     sentences: list[tuple[list[str], str | None, int, int]] = []
     for a, lv in zip(cfg.aspects, levels):
+        if cfg.mention < 1.0 and rng.random() >= cfg.mention:
+            continue
         toks, s, e, w = _aspect_sentence(a, int(lv), cfg, rng)
         span = (s, e) if cfg.gold == "phrase" else (w, w + 1)
         sentences.append((toks, a, *span))
