@@ -120,7 +120,11 @@ def _text_lm(args) -> dict:
         with torch.no_grad():
             return lm_loss(sub, query_seq).numpy()
 
-    truth = ground_truth(retrain, masks, cache, setting, n_seeds=args.seeds or 1)
+    truth = ground_truth(retrain, masks, cache, setting, n_seeds=args.seeds or 1,
+                         reverse=args.truth_reverse)
+    if args.truth_reverse:
+        print("ground truth complete (reverse worker)", flush=True)
+        raise SystemExit(0)
     return {"setting": setting, "task": LMTask(), "model": model,
             "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq), "masks": masks,
             "truth": truth, "batch_size": 32, "seeds": args.seeds or 1}
@@ -179,6 +183,9 @@ def main() -> None:
     p.add_argument("--r", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--fishers", nargs="+", default=["empirical", "true"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--truth-reverse", action="store_true",
+                   help="text_lm: only fill the ground-truth cache from the last subset (a "
+                        "second worker beside a running sweep), then stop")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()

@@ -293,3 +293,30 @@ def test_tail_patch_summary_maths():
     assert res.ci_low <= res.mean_diff <= res.ci_high
     with pytest.raises(ValueError):
         tail_patch_summary(np.zeros(3), np.zeros(2))
+
+
+def test_ground_truth_reverse_worker_splits_the_subsets(tmp_path):
+    from tamis.attribution.evaluation import make_masks
+
+    masks = make_masks(10, 6, seed=1)
+    calls: list[int] = []
+
+    def retrain(mask, seed):
+        calls.append(seed)
+        return mask[:3].astype(float) + seed
+
+    setting = {"name": "toy"}
+    # a reverse worker interrupted after the last three subsets ...
+    def partial(mask, seed):
+        if seed < 3:
+            raise KeyboardInterrupt
+        return retrain(mask, seed)
+
+    with pytest.raises(KeyboardInterrupt):
+        ground_truth(partial, masks, tmp_path, setting, progress=False, reverse=True)
+    assert calls == [5, 4, 3]
+    # ... and the forward worker retrains only the rest and returns the whole table
+    truth = ground_truth(retrain, masks, tmp_path, setting, progress=False)
+    assert calls == [5, 4, 3, 0, 1, 2]
+    want = np.stack([masks[m, :3].astype(float) + m for m in range(6)])
+    np.testing.assert_array_equal(truth, want)

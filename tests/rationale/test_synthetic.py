@@ -94,6 +94,7 @@ def test_max_len_and_four_aspects():
     ({"max_len": 20}, "too short"),
     ({"gold": "sentence"}, "gold"),
     ({"n_filler": (3, 1)}, "n_filler"),
+    ({"mention": -0.1}, "mention"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -124,3 +125,17 @@ def test_sentiment_words_are_unambiguous():
     for f in d._FILLER + d._SHORTCUT + d._PREFIX:
         neutral |= set(f.split())
     assert not set(level) & neutral
+
+
+def test_unmentioned_aspects_keep_ratings_and_have_no_gold():
+    base = SyntheticConfig(n_reviews=400, correlation=0.5, shortcut=0.5, seed=2)
+    full = synthetic_reviews(base)
+    same = synthetic_reviews(SyntheticConfig(**{**base.__dict__, "mention": 1.0}))
+    assert [r.tokens for r in full.reviews] == [r.tokens for r in same.reviews]  # default
+    rs = synthetic_reviews(SyntheticConfig(**{**base.__dict__, "mention": 0.6}))
+    np.testing.assert_array_equal(rs.ratings(), full.ratings())  # ratings drawn first
+    present = np.array([[len(r.rationales[a]) for a in rs.aspects] for r in rs.reviews])
+    assert set(np.unique(present)) <= {0, 1}
+    assert abs(present.mean() - 0.6) < 0.05
+    for i, row in enumerate(present):
+        np.testing.assert_array_equal(rs.gold_masks(i).any(1), row.astype(bool))

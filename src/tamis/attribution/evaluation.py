@@ -315,6 +315,7 @@ def ground_truth(
     setting: dict,
     n_seeds: int = 1,
     progress: bool = True,
+    reverse: bool = False,
 ) -> np.ndarray:
     """Query measurements of models retrained on every subset, cached and resumable.
 
@@ -324,6 +325,9 @@ def ground_truth(
     resumes), where the key hashes ``setting`` (everything that changes the models: data,
     architecture, optimiser, epochs, queries) and the masks. A second call with the same
     key only reads files; any change to the setting or the masks starts a new folder.
+    ``reverse=True`` walks the subsets from the last one: a second process started that way
+    on the same cache fills it from the other end, so two workers split the retraining
+    (a subset finished by either is read, not retrained).
 
     Returns:
         (M, Q) ground truth, float64.
@@ -340,11 +344,12 @@ def ground_truth(
     (folder / "setting.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     if not (folder / "masks.npy").exists():
         save_masks(folder / "masks.npy", masks)
-    rows = []
-    for m in track(range(masks.shape[0]), "retrain subsets", masks.shape[0], progress):
+    rows: dict[int, np.ndarray] = {}
+    order = range(masks.shape[0] - 1, -1, -1) if reverse else range(masks.shape[0])
+    for m in track(order, "retrain subsets", masks.shape[0], progress):
         path = folder / f"subset-{m:04d}.npy"
         if path.exists():
-            rows.append(np.load(path))
+            rows[m] = np.load(path)
             continue
         outs = [
             np.asarray(retrain(masks[m], m * n_seeds + s), dtype=np.float64) for s in range(n_seeds)
@@ -353,8 +358,8 @@ def ground_truth(
         if row.ndim != 1 or not np.isfinite(row).all():
             raise ValueError(f"retraining subset {m} returned {row.shape} with non-finite values")
         _save_npy_atomic(path, row)
-        rows.append(row)
-    truth = np.stack(rows)
+        rows[m] = row
+    truth = np.stack([rows[m] for m in range(masks.shape[0])])
     _save_npy_atomic(final, truth)
     return truth
 
