@@ -75,10 +75,19 @@ def _clean(x: object) -> object:
 
 
 def save_run(name: str, result: dict) -> None:
-    """Add one run's result to the cache (re-read first: the cache may have grown)."""
-    runs = load_runs()
-    runs[name] = _clean(result)
-    write_text_atomic(RUNS_JSON, json.dumps(runs, indent=1, sort_keys=True) + "\n")
+    """Add one run's result to the cache (re-read first: the cache may have grown).
+
+    The read-modify-write holds an exclusive lock on a sidecar file, so parallel workers
+    (``run_all.sh``) never lose each other's results.
+    """
+    import fcntl
+
+    RUNS_JSON.parent.mkdir(parents=True, exist_ok=True)
+    with open(RUNS_JSON.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = load_runs()
+        runs[name] = _clean(result)
+        write_text_atomic(RUNS_JSON, json.dumps(runs, indent=1, sort_keys=True) + "\n")
 
 
 def _f1_row(scores: dict, aspects: tuple[str, ...]) -> dict:
@@ -87,7 +96,8 @@ def _f1_row(scores: dict, aspects: tuple[str, ...]) -> dict:
 
 
 def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | None = None,
-        log=print, shortcut: float = SHORTCUT, **overrides: object) -> dict:
+        log=print, shortcut: float = SHORTCUT, mention: float = 1.0,
+        generic: float = 0.5, **overrides: object) -> dict:
     """Train (or fetch from the cache) one configuration and score it on the test split.
 
     Args:
@@ -100,6 +110,8 @@ def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | 
             dev gold rate.
         log: a line printer.
         shortcut: the corpus's verdict-sentence probability (``SyntheticConfig.shortcut``).
+        mention: the corpus's aspect-mention probability (``SyntheticConfig.mention``).
+        generic: the corpus's generic-sentiment-word probability (``SyntheticConfig.generic``).
         **overrides: further ``RationaleConfig`` fields.
 
     Returns:
@@ -113,7 +125,7 @@ def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | 
             from tamis.rationale.models import RationaleModel
 
             torch.set_num_threads(1)
-            _, dev, test = corpus(rho, shortcut)
+            _, dev, test = corpus(rho, shortcut, mention=mention, generic=generic)
             model = RationaleModel.load(RUN_DIR / name)
             r["argmax"] = argmax_scores(model, dev, test, np.asarray(r["target_sparsity"]))
             save_run(name, r)
@@ -124,7 +136,7 @@ def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | 
     from tamis.rationale.training import calibrate_sparsity, evaluate, fit
 
     torch.set_num_threads(1)
-    train, dev, test = corpus(rho, shortcut)
+    train, dev, test = corpus(rho, shortcut, mention=mention, generic=generic)
     if target is None:
         target = np.round(gold_rate(dev), 1)
     cfg = RationaleConfig(method=method, **{**BASE, **overrides})  # type: ignore[arg-type]
@@ -159,7 +171,8 @@ def run(name: str, rho: float, method: str, seed: int = 0, target: np.ndarray | 
         "config": {k: v for k, v in asdict(cfg).items() if k != "stages"} | {
             "stages": None if cfg.stages is None else [asdict(s) for s in cfg.stages]},
         "corpus": {"n_train": N_TRAIN, "n_dev": N_DEV, "n_test": N_TEST, "max_len": MAX_LEN,
-                   "shortcut": shortcut, "correlation": rho, "seed": 0},
+                   "shortcut": shortcut, "mention": mention, "generic": generic,
+                   "correlation": rho, "seed": 0},
         "target_sparsity": target.tolist(), "dev_sparsity_after_calibration": achieved_dev,
         "raw": _f1_row(raw["rationale"], aspects), "raw_rating": raw["rating"],
         "matched": _f1_row(matched["rationale"], aspects), "matched_rating": matched["rating"],
