@@ -38,7 +38,8 @@ def test_section_with_results(tiny_model_dir, tmp_path, monkeypatch):
     res = tmp_path / "results"
     res.mkdir()
     (res / "rationale_interlocking.json").write_text(json.dumps(
-        {"rnp": {"matched": {"0.0": {"f1": 40.0}, "0.9": {"f1": 20.0}}}}))
+        {"A": {"rnp": {"0.0": {"f1": [40.0, 1.5], "n": 3}, "0.9": {"f1": [20.0, 2.0], "n": 3}}},
+         "B": {"rnp": {"0.0": {"f1": [41.0, None], "n": 1}}}}))
     (res / "rationale_matched.json").write_text(json.dumps({"0.9": {
         "rnp": {"n": 3, "f1": {"appearance": [20.0, 1.0]}, "macro": [20.0, 1.0]},
         "interlock_free": {"n": 3, "f1": {"appearance": [30.0, 2.0]}, "macro": [30.0, 2.0]},
@@ -48,7 +49,8 @@ def test_section_with_results(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "RESULTS_DIR", res)
     s = demo.demo_section(tmp_path)
     assert "rho = 0.9" in s.body_html and "+10.0 macro F1" in s.body_html
-    assert "40.0" in s.body_html
+    assert "40.0 +- 1.5 (n=3)" in s.body_html and "world B" in s.body_html
+    assert "41.0 (n=1)" in s.body_html
 
 
 def test_shipped_model_loads_if_present():

@@ -33,13 +33,25 @@ def _benchmark_tables(results_dir: Path) -> tuple[str, list[str]]:
     parts, console = [], []
     inter = results_dir / "rationale_interlocking.json"
     if inter.exists():
-        data = json.loads(inter.read_text())
-        rhos = sorted({r for m in data.values() for r in m.get("matched", {})}, key=float)
-        rows = [[m, *(_f(data[m]["matched"].get(r, {}).get("f1")) for r in rhos)]
-                for m in data]
-        parts.append("<h3>Interlocking: test F1 at matched sparsity vs rating correlation</h3>"
-                     + html_table(["method", *(f"rho = {r}" for r in rhos)], rows))
-        console.append(f"interlocking table: {len(rows)} methods x {len(rhos)} correlations")
+        data = json.loads(inter.read_text())  # {world: {method: {rho: {"f1": [mean, sd]}}}}
+        for world, methods in data.items():
+            rhos = sorted({r for m in methods.values() for r in m}, key=float)
+            rows = []
+            for m, cells in methods.items():
+                row = [m]
+                for r in rhos:
+                    f1 = cells.get(r, {}).get("f1")
+                    if not f1:
+                        row.append("-")
+                        continue
+                    sd = f" +- {_f(f1[1])}" if f1[1] is not None and math.isfinite(f1[1]) else ""
+                    row.append(f"{_f(f1[0])}{sd} (n={cells[r].get('n', 1)})")
+                rows.append(row)
+            parts.append(f"<h3>Interlocking, world {html.escape(world)}: test F1 at matched "
+                         "sparsity vs rating correlation</h3>"
+                         + html_table(["method", *(f"rho = {r}" for r in rhos)], rows))
+            console.append(f"interlocking table (world {world}): {len(rows)} methods x "
+                           f"{len(rhos)} correlations")
     matched = results_dir / "rationale_matched.json"
     if matched.exists():
         data = json.loads(matched.read_text())
