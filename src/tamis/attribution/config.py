@@ -133,7 +133,7 @@ class CurvatureConfig:
 
     kind: Literal["lowrank", "dense", "identity"] = "lowrank"
     rank: int = 64
-    damping: float = 0.1
+    damping: float = 1.0
     damping_mode: Literal["relative", "absolute"] = "relative"
     granularity: Literal["layer", "model"] = "layer"
     method: Literal["randomized", "nystrom", "exact"] = "randomized"
