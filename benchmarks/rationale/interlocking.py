@@ -8,7 +8,7 @@ F1 over training epochs plotted (the interlocking diagnostic). Two corpora:
 * ``A`` (every aspect mentioned, shortcut 0.5): 3 seeds. Another aspect's words are a worse
   predictor than the aspect's own, so selecting them is a sub-optimal equilibrium: the world
   of the paper's interlocking.
-* ``B`` (each aspect mentioned with probability 0.7): 1 seed. For an unmentioned aspect the
+* ``B`` (each aspect mentioned with probability 0.7): 3 seeds. For an unmentioned aspect the
   other aspects' words are the only evidence, so under correlation selecting them *lowers*
   the prediction loss: a spurious-correlation world, where leakage is the optimum of every
   select-then-predict objective rather than a lock.
@@ -39,7 +39,7 @@ RHOS = (0.0, 0.9, 0.5)
 BASELINES = ("rnp", "mtm", "a2r")
 METHODS = (*BASELINES, "interlock_free")
 ASPECTS = ("appearance", "aroma", "palate")
-WORLDS = {"A": {"mention": 1.0, "seeds": (0, 1, 2)}, "B": {"mention": 0.7, "seeds": (0,)}}
+WORLDS = {"A": {"mention": 1.0, "seeds": (0, 1, 2)}, "B": {"mention": 0.7, "seeds": (0, 1, 2)}}
 
 
 def name(method: str, rho: float, seed: int = 0, world: str = "A") -> str:
@@ -49,9 +49,9 @@ def name(method: str, rho: float, seed: int = 0, world: str = "A") -> str:
 
 
 def plan() -> list[tuple[str, float, str, int, str]]:
-    """Every run of the study: world A seed 0, world B, then world A seeds 1 and 2."""
+    """Every run of the study: seed 0 in worlds A and B, then seeds 1 and 2 (A, then B)."""
     out = []
-    for world, seeds in (("A", (0,)), ("B", (0,)), ("A", (1, 2))):
+    for world, seeds in (("A", (0,)), ("B", (0,)), ("A", (1, 2)), ("B", (1, 2))):
         for seed in seeds:
             for m in METHODS:
                 for rho in RHOS:
