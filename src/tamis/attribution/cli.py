@@ -1,4 +1,4 @@
-"""``tamis attribute build|query|info|verify`` over the same engine as the Python API."""
+"""``tamis attribute build|query|tune|info|verify`` over the same engine as the Python API."""
 
 from __future__ import annotations
 
@@ -132,6 +132,9 @@ def query(
         "empirical", help="empirical (stored gradients) | true (sampled labels) | ggn (exact)."
     ),
     n_samples: int = typer.Option(1, help="Sampled labels per example (--fisher true)."),
+    tuned: bool = typer.Option(
+        False, help="Use the Fisher kind, rank and damping `tamis attribute tune` chose."
+    ),
     normalize: str = typer.Option("none", help="none | cosine | train_unit."),
     top_k: int = typer.Option(10, help="Most helpful / harmful examples kept per query."),
     self_scores: bool = typer.Option(False, help="Also compute self-influence of every example."),
@@ -151,6 +154,10 @@ def query(
             fisher=fisher,
             n_samples=n_samples,
         )
+        if tuned:
+            from tamis.attribution.tuning import load_tuning
+
+            cfg = load_tuning(store).curvature_config(cfg)
         b = _bundle(task, cache_dir, data_dir)
         curv = _curvature_for(s, cfg, b)
         result = compute_scores(
@@ -202,6 +209,50 @@ def _print_info(s: FactorStore) -> None:
         f"N = {s.num_examples}, {s.bytes_per_example:.1f} bytes/example on disk, "
         f"{s.disk_bytes / 2**20:.2f} MiB in {len(s.manifest['shards'])} shard(s)"
     )
+
+
+@app.command()
+def tune(
+    store: Path = typer.Option(..., help="Store folder built by `tamis attribute build`."),
+    task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP + " It must provide `retrain`."),
+    cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
+    data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
+    subsets: int = typer.Option(20, help="Retrained models (random halves); >= 3."),
+    dampings: str = typer.Option("0.01,0.1,0.3,1,3,10,100", help="Relative dampings to try."),
+    ranks: str = typer.Option("32,128,512", help="Curvature ranks r to try."),
+    fishers: str = typer.Option("empirical,true", help="Fisher kinds to try."),
+) -> None:
+    """Pick the Fisher kind, rank and damping of highest LDS; write tuning.json by the store."""
+    from tamis.attribution.tuning import TuneConfig
+    from tamis.attribution.tuning import tune as run_tune
+
+    try:
+        cfg = TuneConfig(
+            dampings=tuple(float(x) for x in dampings.split(",")),
+            ranks=tuple(int(x) for x in ranks.split(",")),
+            fishers=tuple(x.strip() for x in fishers.split(",")),
+            n_subsets=subsets,
+        )
+        s = FactorStore.open(store)
+        b = _bundle(task, cache_dir, data_dir)
+        if b.retrain is None:
+            raise AttributionError(
+                f"the task {task} gives no retrain function (TaskBundle.retrain): tuning "
+                "measures LDS against retrained models"
+            )
+        res = run_tune(b.task, b.model, b.train, b.queries, s, b.retrain, cfg)
+    except (AttributionError, ValueError, FileNotFoundError) as err:
+        _fail(err)
+    table = Table(title=f"tuning on {subsets} retrained subsets (LDS of the query loss)")
+    for col in ("Fisher", "r", "damping", "LDS", "95% CI"):
+        table.add_column(col)
+    for row in sorted(res.table, key=lambda r: -r["lds"] if np.isfinite(r["lds"]) else 1)[:10]:
+        table.add_row(row["fisher"], str(row["rank"]), f"{row['damping']:g}",
+                      f"{row['lds']:.3f}", f"{row['ci'][0]:.3f} .. {row['ci'][1]:.3f}")
+    console.print(table)
+    b_ = res.best
+    console.print(f"best: fisher={b_['fisher']} r={b_['rank']} damping={b_['damping']:g} "
+                  f"(LDS {b_['lds']:.3f}) -> {store / 'tuning.json'}; use `query --tuned`")
 
 
 @app.command()

@@ -29,13 +29,19 @@ from tamis.data import load_image_dataset
 
 @dataclass
 class TaskBundle:
-    """Everything the CLI needs: task, trained model, training data and queries."""
+    """Everything the CLI needs: task, trained model, training data and queries.
+
+    ``retrain(mask, seed) -> (Q,)`` (optional) retrains the model with the same recipe on the
+    training examples where ``mask`` is true and returns each query's loss: what
+    ``tamis attribute tune`` measures LDS against.
+    """
 
     task: AttributionTask
     model: nn.Module
     train: TensorDataset
     queries: TensorDataset
     info: dict = field(default_factory=dict)
+    retrain: Callable[[np.ndarray, int], np.ndarray] | None = None
 
 
 class ClassificationTask(AttributionTask):
@@ -172,7 +178,19 @@ def fashion_cnn(
             torch.save({"model": model.state_dict()}, tmp)
     info["test_accuracy"] = accuracy(model, queries)
     info["checkpoint"] = str(ckpt)
-    return TaskBundle(ClassificationTask(), model, train, queries, info)
+
+    def retrain(mask: np.ndarray, retrain_seed: int) -> np.ndarray:
+        """The same recipe on a subset; per-query cross-entropy."""
+        torch.manual_seed(seed)
+        sub = SmallCNN(side=side, classes=len(info["classes"]))
+        idx = torch.from_numpy(np.flatnonzero(mask))
+        train_classifier(sub, TensorDataset(*(t[idx] for t in train.tensors)), epochs=epochs,
+                         seed=retrain_seed, progress=False)
+        xq, yq = queries.tensors
+        with torch.no_grad():
+            return F.cross_entropy(sub(xq), yq, reduction="none").numpy()
+
+    return TaskBundle(ClassificationTask(), model, train, queries, info, retrain)
 
 
 def load_factory(spec: str) -> Callable[..., TaskBundle]:
