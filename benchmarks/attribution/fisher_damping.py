@@ -222,6 +222,7 @@ def main() -> None:
     p.add_argument("--r", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--fishers", nargs="+", default=["empirical", "true"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--suffix", default="", help="appended to the results file names")
     p.add_argument("--truth-reverse", action="store_true",
                    help="text_lm: only fill the ground-truth cache from the last subset (a "
                         "second worker beside a running sweep), then stop")
@@ -312,7 +313,9 @@ def _write(rows: list[dict], setting: dict, args, wall: float, seeds: int) -> No
                               f"{np.mean(gaps):.3f} | {sum(g <= 0.02 for g in gaps)} |")
     md = (f"# Fisher kind x damping sweep, setting {args.setting}\n\n"
           f"Command: `.venv/bin/python benchmarks/attribution/fisher_damping.py --setting "
-          f"{args.setting} --subsets {args.subsets}`. Same data, model, masks "
+          f"{args.setting} --subsets {args.subsets}"
+          + (f" --r {' '.join(map(str, args.r))} --suffix {args.suffix}" if args.suffix else "")
+          + "`. Same data, model, masks "
           f"({args.subsets} subsets) and retrained ground truth ({seeds} seed(s) per subset) "
           f"as `attribution_{args.setting}`; store c = 1; LDS of the query "
           "loss, 500 bootstrap draws. A cell is the LDS at that damping rule; `*` = within "
@@ -320,7 +323,7 @@ def _write(rows: list[dict], setting: dict, args, wall: float, seeds: int) -> No
           f"Total wall time {wall:.0f} s, one thread.\n\n" + "\n".join(lines)
           + "\n\n## Damping rules over all rows\n\n| rule | rows | max gap to best | mean gap "
           "| rows within 0.02 |\n|---|---|---|---|---|\n" + "\n".join(rule_stats) + "\n")
-    name = f"attribution_fisher_damping_{args.setting}"
+    name = f"attribution_fisher_damping_{args.setting}{args.suffix}"
     write_text_atomic(RESULTS / f"{name}.md", md)
     write_text_atomic(RESULTS / f"{name}.json", json.dumps(
         {"setting": setting, "environment": environment(), "rows": rows,

@@ -124,7 +124,7 @@ def query(
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
     curvature: str = typer.Option("auto", help="auto | lowrank | dense | identity."),
-    rank_r: int = typer.Option(64, help="Curvature rank r (lowrank)."),
+    rank_r: int = typer.Option(256, help="Curvature rank r (lowrank; clipped to D)."),
     damping: float = typer.Option(1.0, help="Damping lambda (relative: x mean eigenvalue)."),
     damping_mode: str = typer.Option("relative", help="relative (x mean eigenvalue) | absolute."),
     granularity: str = typer.Option("layer", help="layer | model."),

@@ -132,7 +132,7 @@ class CurvatureConfig:
     """
 
     kind: Literal["lowrank", "dense", "identity"] = "lowrank"
-    rank: int = 64
+    rank: int = 256
     damping: float = 1.0
     damping_mode: Literal["relative", "absolute"] = "relative"
     granularity: Literal["layer", "model"] = "layer"

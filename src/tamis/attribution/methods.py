@@ -42,7 +42,7 @@ class Attributor:
 
     Example::
 
-        attributor = Attributor(task, model, "runs/lorif", method="lorif", rank_c=1, rank_r=64)
+        attributor = Attributor(task, model, "runs/lorif", method="lorif", rank_c=1, rank_r=256)
         attributor.fit(train_dataset)
         result = attributor.score(test_dataset)       # result.scores, result.helpful, ...
 
@@ -69,7 +69,7 @@ class Attributor:
         method: Method = "lorif",
         projection: ProjectionConfig | None = None,
         rank_c: int = 1,
-        rank_r: int = 64,
+        rank_r: int = 256,
         dtype: str = "float16",
         curvature: CurvatureConfig | None = None,
         build: BuildConfig | None = None,
