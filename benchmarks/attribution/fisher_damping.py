@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,77 +55,50 @@ from tamis.attribution import (  # noqa: E402
 )
 from tamis.attribution.evaluation import ground_truth, lds  # noqa: E402
 from tamis.attribution.examples import ClassificationTask  # noqa: E402
-from tamis.data import load_fashion_mnist  # noqa: E402
 
 DAMPINGS = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # x mean eigenvalue
 RULES = {"mean": (0.01, 0.1, 1.0), "edge": (0.1, 0.3, 1.0, 3.0), "tail": (1.0, 3.0, 10.0)}
 
 
 def _fmnist_mlp(args) -> dict:
-    """Setting (a) exactly as ``fmnist_mlp.py`` builds it (shares its ground-truth cache)."""
+    """Setting (a) as ``fmnist_mlp.py`` builds it (shares its ground-truth cache)."""
+    from fmnist_mlp import setting_data
+
     cache = CACHE / "fmnist_mlp"
     cache.mkdir(parents=True, exist_ok=True)
-    tr, te = load_fashion_mnist("train"), load_fashion_mnist("test")
     n, q = args.n_train or 5000, args.n_queries
-    x = torch.tensor(tr.images[:n].reshape(n, -1), dtype=torch.float32)
-    y = torch.tensor(tr.labels[:n], dtype=torch.long)
-    xq = torch.tensor(te.images[:q].reshape(q, -1), dtype=torch.float32)
-    yq = torch.tensor(te.labels[:q], dtype=torch.long)
-    hp = {"hidden": 32, "epochs": 30, "batch_size": 500, "lr": 3e-3, "weight_decay": 1e-3}
-    setting = {"name": "fmnist_mlp", "data": "fashion-mnist train[:n], test[:q]", "n": n,
-               "q": q, **hp}
+    sd = setting_data(n, q)
+    x, y, xq, yq = sd["x"], sd["y"], sd["xq"], sd["yq"]
     save_data(cache, x, y, xq, yq)
-    model = train_mlp(x, y, seed=12345, **hp)
+    model = train_mlp(x, y, seed=12345, **sd["hp"])
     model.eval()
     masks = fixed_masks(cache, n, args.subsets)
-
-    def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
-        m = torch.from_numpy(mask)
-        sub = train_mlp(x[m], y[m], seed=seed, **hp)
-        with torch.no_grad():
-            return F.cross_entropy(sub(xq), yq, reduction="none").numpy()
-
-    truth = ground_truth(retrain, masks, cache, setting, n_seeds=args.seeds or 3)
-    return {"setting": setting, "task": ClassificationTask(["fc1", "fc2"]), "model": model,
-            "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq), "masks": masks,
-            "truth": truth, "batch_size": 500, "seeds": args.seeds or 3}
+    truth = ground_truth(sd["retrain"], masks, cache, sd["setting"], n_seeds=args.seeds or 3)
+    return {"setting": sd["setting"], "task": ClassificationTask(["fc1", "fc2"]),
+            "model": model, "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq),
+            "masks": masks, "truth": truth, "batch_size": 500, "seeds": args.seeds or 3}
 
 
 def _text_lm(args) -> dict:
-    """Setting (b) exactly as ``text_lm.py`` builds it (shares its ground-truth cache)."""
-    from models import lm_loss, train_lm
-    from text_lm import LMTask, corpus
+    """Setting (b) as ``text_lm.py`` builds it (shares its ground-truth cache)."""
+    from models import train_lm
+    from text_lm import LMTask, setting_data
 
-    ctx, arch = 64, {"d": 64, "layers": 2, "heads": 4, "ctx": 64}
     cache = CACHE / "text_lm"
     cache.mkdir(parents=True, exist_ok=True)
-    seqs, chars = corpus(ctx)
     n, q = args.n_train or 2000, args.n_queries
-    train_seq, query_seq = seqs[:n], seqs[n:n + q]
-    vocab = len(chars)
-    hp = {"epochs": 8, "batch_size": 32, "lr": 6e-3, "weight_decay": 0.01, **arch}
-    setting = {"name": "text_lm", "data": "pydoc_data.topics, 65-char windows, shuffle seed 0",
-               "python": sys.version.split()[0], "vocab": vocab, "n": n, "q": q,
-               "init_seed": 12345, **hp}
-    x, y = train_seq[:, :-1].contiguous(), train_seq[:, 1:].contiguous()
-    xq, yq = query_seq[:, :-1].contiguous(), query_seq[:, 1:].contiguous()
+    sd = setting_data(n, q)
+    x, y, xq, yq = sd["x"], sd["y"], sd["xq"], sd["yq"]
     save_data(cache, x, y, xq, yq)
-    model = train_lm(train_seq, vocab, seed=12345, **hp)
+    model = train_lm(sd["train_seq"], sd["vocab"], seed=12345, **sd["hp"])
     model.eval()
     masks = fixed_masks(cache, n, args.subsets)
-
-    def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
-        sub = train_lm(train_seq[torch.from_numpy(mask)], vocab, seed=seed, init_seed=12345,
-                       **hp)
-        with torch.no_grad():
-            return lm_loss(sub, query_seq).numpy()
-
-    truth = ground_truth(retrain, masks, cache, setting, n_seeds=args.seeds or 1,
+    truth = ground_truth(sd["retrain"], masks, cache, sd["setting"], n_seeds=args.seeds or 1,
                          reverse=args.truth_reverse)
     if args.truth_reverse:
         print("ground truth complete (reverse worker)", flush=True)
         raise SystemExit(0)
-    return {"setting": setting, "task": LMTask(), "model": model,
+    return {"setting": sd["setting"], "task": LMTask(), "model": model,
             "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq), "masks": masks,
             "truth": truth, "batch_size": 32, "seeds": args.seeds or 1}
 

@@ -59,6 +59,30 @@ def tail_patch_fn(model, train_ds, query_ds):
     return run
 
 
+def setting_data(n: int, q: int, hidden: int = 32, epochs: int = 30,
+                 batch_size: int = 500) -> dict:
+    """Setting (a): data, hyper-parameters, the ground-truth cache key and the retraining
+    function (shared with ``fisher_damping.py``, so both read one ground-truth cache)."""
+    tr, te = load_fashion_mnist("train"), load_fashion_mnist("test")
+    x = torch.tensor(tr.images[:n].reshape(n, -1), dtype=torch.float32)
+    y = torch.tensor(tr.labels[:n], dtype=torch.long)
+    xq = torch.tensor(te.images[:q].reshape(q, -1), dtype=torch.float32)
+    yq = torch.tensor(te.labels[:q], dtype=torch.long)
+    hp = {"hidden": hidden, "epochs": epochs, "batch_size": batch_size, "lr": 3e-3,
+          "weight_decay": 1e-3}
+    setting = {"name": "fmnist_mlp", "data": "fashion-mnist train[:n], test[:q]", "n": n, "q": q,
+               **hp}
+
+    def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
+        m = torch.from_numpy(mask)
+        sub = train_mlp(x[m], y[m], seed=seed, **hp)
+        with torch.no_grad():
+            return F.cross_entropy(sub(xq), yq, reduction="none").numpy()
+
+    return {"x": x, "y": y, "xq": xq, "yq": yq, "hp": hp, "setting": setting,
+            "retrain": retrain}
+
+
 def main() -> None:
     p = setting_parser(__doc__, "fmnist_mlp", seeds=3, n_train=5000, epochs=30,
                        batch_size=500, tail_c=[1, 2, 4, 8])
@@ -71,16 +95,10 @@ def main() -> None:
         update_only(cache, args)
         return
     cache.mkdir(parents=True, exist_ok=True)
-    tr, te = load_fashion_mnist("train"), load_fashion_mnist("test")
     n, q = args.n_train, args.n_queries
-    x = torch.tensor(tr.images[:n].reshape(n, -1), dtype=torch.float32)
-    y = torch.tensor(tr.labels[:n], dtype=torch.long)
-    xq = torch.tensor(te.images[:q].reshape(q, -1), dtype=torch.float32)
-    yq = torch.tensor(te.labels[:q], dtype=torch.long)
-    hp = {"hidden": args.hidden, "epochs": args.epochs, "batch_size": args.batch_size,
-          "lr": 3e-3, "weight_decay": 1e-3}
-    setting = {"name": "fmnist_mlp", "data": "fashion-mnist train[:n], test[:q]", "n": n, "q": q,
-               **hp}
+    sd = setting_data(n, q, args.hidden, args.epochs, args.batch_size)
+    x, y, xq, yq, hp, setting, retrain = (sd[k] for k in ("x", "y", "xq", "yq", "hp",
+                                                            "setting", "retrain"))
     save_data(cache, x, y, xq, yq)
 
     t0 = time.perf_counter()
@@ -92,12 +110,6 @@ def main() -> None:
         acc = float((model(xq).argmax(1) == yq).float().mean())
 
     masks = fixed_masks(cache, n, args.subsets)
-
-    def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
-        m = torch.from_numpy(mask)
-        sub = train_mlp(x[m], y[m], seed=seed, **hp)
-        with torch.no_grad():
-            return F.cross_entropy(sub(xq), yq, reduction="none").numpy()
 
     t0 = time.perf_counter()
     truth = ground_truth(retrain, masks, cache, setting, n_seeds=args.seeds)

@@ -90,6 +90,32 @@ def corpus(ctx: int) -> tuple[torch.Tensor, list[str]]:
     return seqs[perm], chars
 
 
+def setting_data(n: int, q: int, epochs: int = 8, batch_size: int = 32) -> dict:
+    """Setting (b): data, hyper-parameters, the ground-truth cache key and the retraining
+    function (shared with ``fisher_damping.py``, so both read one ground-truth cache)."""
+    ctx, arch = 64, {"d": 64, "layers": 2, "heads": 4, "ctx": 64}
+    seqs, chars = corpus(ctx)
+    train_seq, query_seq = seqs[:n], seqs[n:n + q]
+    vocab = len(chars)
+    hp = {"epochs": epochs, "batch_size": batch_size, "lr": 6e-3, "weight_decay": 0.01,
+          **arch}
+    setting = {"name": "text_lm", "data": "pydoc_data.topics, 65-char windows, shuffle seed 0",
+               "python": sys.version.split()[0], "vocab": vocab, "n": n, "q": q,
+               "init_seed": 12345, **hp}
+
+    def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
+        # same init as the full model (init_seed), the seed only changes the data order
+        sub = train_lm(train_seq[torch.from_numpy(mask)], vocab, seed=seed, init_seed=12345,
+                       **hp)
+        with torch.no_grad():
+            return lm_loss(sub, query_seq).numpy()
+
+    return {"ctx": ctx, "arch": arch, "train_seq": train_seq, "query_seq": query_seq,
+            "vocab": vocab, "hp": hp, "setting": setting, "retrain": retrain,
+            "x": train_seq[:, :-1].contiguous(), "y": train_seq[:, 1:].contiguous(),
+            "xq": query_seq[:, :-1].contiguous(), "yq": query_seq[:, 1:].contiguous()}
+
+
 def main() -> None:
     p = setting_parser(__doc__, "text_lm", anchor_timeout=1800)
     p.add_argument("--truth-only", action="store_true")
@@ -104,20 +130,14 @@ def main() -> None:
         update_only(CACHE / "text_lm", args)
         return
 
-    ctx, arch = 64, {"d": 64, "layers": 2, "heads": 4, "ctx": 64}
     cache = CACHE / "text_lm"
     cache.mkdir(parents=True, exist_ok=True)
-    seqs, chars = corpus(ctx)
     n, q = args.n_train, args.n_queries
-    train_seq, query_seq = seqs[:n], seqs[n:n + q]
-    vocab = len(chars)
-    hp = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 6e-3,
-          "weight_decay": 0.01, **arch}
-    setting = {"name": "text_lm", "data": "pydoc_data.topics, 65-char windows, shuffle seed 0",
-               "python": sys.version.split()[0], "vocab": vocab, "n": n, "q": q,
-               "init_seed": 12345, **hp}
-    x, y = train_seq[:, :-1].contiguous(), train_seq[:, 1:].contiguous()
-    xq, yq = query_seq[:, :-1].contiguous(), query_seq[:, 1:].contiguous()
+    sd = setting_data(n, q, args.epochs, args.batch_size)
+    ctx, arch, train_seq, query_seq, vocab, hp, setting, retrain = (
+        sd[k] for k in ("ctx", "arch", "train_seq", "query_seq", "vocab", "hp", "setting",
+                        "retrain"))
+    x, y, xq, yq = sd["x"], sd["y"], sd["xq"], sd["yq"]
     save_data(cache, x, y, xq, yq)
 
     t0 = time.perf_counter()
@@ -142,13 +162,6 @@ def main() -> None:
         return
 
     masks = fixed_masks(cache, n, args.subsets)
-
-    def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
-        # same init as the full model (init_seed), the seed only changes the data order
-        sub = train_lm(train_seq[torch.from_numpy(mask)], vocab, seed=seed, init_seed=12345,
-                       **hp)
-        with torch.no_grad():
-            return lm_loss(sub, query_seq).numpy()
 
     if args.truth_only:
         truth = ground_truth(retrain, masks, cache, setting, n_seeds=args.seeds, progress=False)
