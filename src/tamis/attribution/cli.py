@@ -103,12 +103,10 @@ def _curvature_for(store: FactorStore, cfg: CurvatureConfig, bundle=None) -> Cur
     path = store.path / f"curvature-{cfg.kind}-{key}.safetensors"
     if path.exists():
         return Curvature.load(path, store)
-    source = None
-    if cfg.fisher != "empirical" and cfg.kind != "identity":
-        from tamis.attribution.fisher import FisherSource
+    from tamis.attribution.fisher import source_for
 
-        source = FisherSource(bundle.task, bundle.model, bundle.train, store, cfg.fisher,
-                              cfg.n_samples, cfg.seed, cfg.fisher_batch_size)
+    source = None if bundle is None else source_for(cfg, bundle.task, bundle.model,
+                                                    bundle.train, store)
     curvature = fit_curvature(store, cfg, source=source)
     curvature.save(path)
     return curvature
@@ -123,7 +121,9 @@ def query(
     task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
-    curvature: str = typer.Option("auto", help="auto | lowrank | dense | identity."),
+    curvature: str = typer.Option(
+        "auto", help="auto | lowrank | dense | identity | ekfac | kfac (Kronecker: extra "
+        "passes over the task's training data)."),
     rank_r: int = typer.Option(256, help="Curvature rank r (lowrank; clipped to D)."),
     damping: float = typer.Option(1.0, help="Damping lambda (relative: x mean eigenvalue)."),
     damping_mode: str = typer.Option("relative", help="relative (x mean eigenvalue) | absolute."),

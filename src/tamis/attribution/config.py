@@ -11,6 +11,7 @@ from typing import Literal
 
 StoreDtype = Literal["float16", "bfloat16", "float32", "float64"]
 STORE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+CURVATURE_KINDS = ("lowrank", "dense", "identity", "kfac", "ekfac")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -106,8 +107,14 @@ class CurvatureConfig:
 
     Attributes:
         kind: ``"lowrank"`` (truncated SVD + Woodbury, O(D r) memory; LoRIF),
-            ``"dense"`` (the full D x D damped inverse; LoGRA) or ``"identity"``
-            (no curvature; gradient dot / cosine).
+            ``"dense"`` (the full D x D damped inverse; LoGRA), ``"identity"``
+            (no curvature; gradient dot / cosine), ``"kfac"`` (per-layer Kronecker factors
+            A (x) S of the activation and output-gradient covariances) or ``"ekfac"``
+            (K-FAC's eigenbasis with eigenvalues corrected to the gradients' exact second
+            moments; Kronfluence's default). The Kronecker kinds recompute activations and
+            output-gradients from the model and data (two passes for ``ekfac``, one for
+            ``kfac``) for every ``fisher``; ``rank``, ``method`` and ``granularity`` do not
+            apply to them.
         rank: r, the retained eigen-directions (``lowrank`` only); clipped to D.
         damping: lambda, absolute or relative to the mean eigenvalue of F.
         damping_mode: ``"relative"`` (lambda = damping * trace(F) / D, the LogIX /
@@ -131,7 +138,7 @@ class CurvatureConfig:
 
     """
 
-    kind: Literal["lowrank", "dense", "identity"] = "lowrank"
+    kind: Literal["lowrank", "dense", "identity", "kfac", "ekfac"] = "lowrank"
     rank: int = 256
     damping: float = 1.0
     damping_mode: Literal["relative", "absolute"] = "relative"
@@ -148,7 +155,7 @@ class CurvatureConfig:
     fisher_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("lowrank", "dense", "identity"), f"unknown kind {self.kind!r}")
+        _check(self.kind in CURVATURE_KINDS, f"unknown kind {self.kind!r}")
         _check(self.fisher in ("empirical", "true", "ggn"), f"unknown fisher {self.fisher!r}")
         _check(
             isinstance(self.n_samples, int) and not isinstance(self.n_samples, bool)

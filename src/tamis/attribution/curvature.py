@@ -17,6 +17,9 @@ the same second moment of sampled-label / Gauss-Newton pseudo-gradients streamed
   recomputes them (the true Fisher).
 * ``dense`` (LoGRA): the full D x D inverse (F + lambda I)^-1.
 * ``identity``: no curvature (gradient dot / cosine).
+* ``kfac`` / ``ekfac``: per-layer Kronecker factors A (x) S, with EK-FAC's corrected
+  eigenvalues (:mod:`tamis.attribution.kronecker`); fitted from a Fisher source, never from
+  the store.
 
 Damping is absolute, or relative to the mean eigenvalue trace(F) / D.
 """
@@ -34,8 +37,21 @@ from safetensors.torch import load_file, save_file
 from tamis._io import atomic_path
 from tamis._progress import track
 from tamis.attribution.config import CurvatureConfig, to_dict
-from tamis.attribution.errors import StoreError, StoreMismatchError
+from tamis.attribution.errors import AttributionError, StoreError, StoreMismatchError
+from tamis.attribution.kronecker import KRONECKER_KINDS, fit_kronecker, kronecker_apply
 from tamis.attribution.store import FactorStore
+
+_TENSOR_KEYS = ("eigvecs", "eigvals", "inverse", "projections", "basis_in", "basis_out",
+                "kron_eigvals")
+
+
+def needs_source(cfg: CurvatureConfig) -> bool:
+    """True when fitting ``cfg`` recomputes gradients from the model and data.
+
+    The true Fisher and the GGN always do; K-FAC / EK-FAC do for every Fisher (their
+    factors need the layer activations and output-gradients, which the store does not keep).
+    """
+    return cfg.kind != "identity" and (cfg.fisher != "empirical" or cfg.kind in KRONECKER_KINDS)
 
 
 @dataclass
@@ -51,6 +67,10 @@ class CurvatureBlock:
     inverse: torch.Tensor | None = None  # (D, D), dense
     projections: torch.Tensor | None = None  # (N, r), H = G V, optional (lowrank)
     tail: float = 0.0  # isotropic level of the discarded spectrum (0 = the paper's form)
+    basis_in: torch.Tensor | None = None  # (d1, d1) Q_A, kfac / ekfac
+    basis_out: torch.Tensor | None = None  # (d2, d2) Q_S, kfac / ekfac
+    kron_eigvals: torch.Tensor | None = None  # (d1, d2) l_A l_S^T (kfac) or corrected (ekfac)
+    shape: tuple[int, int] | None = None  # (d1, d2) of a Kronecker block
 
     @property
     def dim(self) -> int:
@@ -63,6 +83,9 @@ class CurvatureBlock:
             return q
         if kind == "dense":
             return q @ self.inverse.to(q.dtype)
+        if kind in KRONECKER_KINDS:
+            return kronecker_apply(q, self.basis_in, self.basis_out, self.kron_eigvals,
+                                   self.damping)
         v = self.eigvecs.to(q.dtype)
         s2 = self.eigvals.to(q.dtype)
         coef = q @ v
@@ -94,7 +117,8 @@ class Curvature:
         """Bytes held by the preconditioner's tensors (cached projections excluded)."""
         total = 0
         for b in self.blocks:
-            for t in (b.eigvecs, b.eigvals, b.inverse):
+            for t in (b.eigvecs, b.eigvals, b.inverse, b.basis_in, b.basis_out,
+                      b.kron_eigvals):
                 if t is not None:
                     total += t.numel() * t.element_size()
         return total
@@ -104,7 +128,7 @@ class Curvature:
         path = Path(path)
         tensors, meta = {}, []
         for i, b in enumerate(self.blocks):
-            for key in ("eigvecs", "eigvals", "inverse", "projections"):
+            for key in _TENSOR_KEYS:
                 t = getattr(b, key)
                 if t is not None:
                     tensors[f"{i}.{key}"] = t.contiguous()
@@ -115,6 +139,7 @@ class Curvature:
                     "damping": b.damping,
                     "trace": b.trace,
                     "tail": b.tail,
+                    "shape": b.shape,
                 }
             )
         header = {
@@ -147,11 +172,9 @@ class Curvature:
                     m["dims"],
                     m["damping"],
                     m["trace"],
-                    eigvecs=tensors.get(f"{i}.eigvecs"),
-                    eigvals=tensors.get(f"{i}.eigvals"),
-                    inverse=tensors.get(f"{i}.inverse"),
-                    projections=tensors.get(f"{i}.projections"),
                     tail=m.get("tail", 0.0),
+                    shape=tuple(m["shape"]) if m.get("shape") else None,
+                    **{key: tensors.get(f"{i}.{key}") for key in _TENSOR_KEYS},
                 )
             )
         curv = cls(
@@ -298,12 +321,17 @@ def fit_curvature(
 
     Raises:
         StoreError: a block with all-zero gradients under relative damping.
-        AttributionError: a true-Fisher / GGN configuration without a source.
+        AttributionError: a true-Fisher / GGN / Kronecker configuration without a source.
 
     """
-    from tamis.attribution.errors import AttributionError
-
     cfg = config or CurvatureConfig()
+    if cfg.kind in KRONECKER_KINDS:
+        if source is not None and source.kind != cfg.fisher:
+            raise AttributionError(f"the source streams the {source.kind} Fisher, the "
+                                   f"configuration asks for fisher={cfg.fisher!r}")
+        blocks, passes = fit_kronecker(store, cfg, source, dtype, progress)
+        extra = {"passes": passes, "fisher": cfg.fisher, "fisher_examples": source.num_examples}
+        return Curvature(cfg.kind, to_dict(cfg), blocks, store_identity(store), extra)
     if cfg.kind == "identity":
         source = None
     elif cfg.fisher != "empirical" and source is None:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tamis.attribution.capture import GradientCapture, resolve_layers
-from tamis.attribution.config import ProjectionConfig
+from tamis.attribution.capture import GradientCapture, LayerCapture, resolve_layers
+from tamis.attribution.config import CurvatureConfig, ProjectionConfig
 from tamis.attribution.data import dataset_length, iter_batches
 from tamis.attribution.errors import AttributionError, NonFiniteError
 from tamis.attribution.factors import dense_gradients
@@ -95,7 +95,9 @@ class FisherSource:
         model: the trained model (put in eval mode while streaming).
         dataset: the examples whose Fisher is estimated (usually the training set).
         store: the store whose projection and layers the rows must match.
-        kind: ``"true"`` or ``"ggn"``.
+        kind: ``"true"``, ``"ggn"`` or ``"empirical"`` (the observed-label losses,
+            recomputed; the Kronecker curvatures need the raw activations and
+            output-gradients, which the store does not keep).
         n_samples: sampled labels per example (``true`` only).
         seed: base seed of the sampled labels.
         batch_size: examples per forward/backward.
@@ -107,8 +109,9 @@ class FisherSource:
                  store: FactorStore, kind: str = "true", n_samples: int = 1, seed: int = 0,
                  batch_size: int = 64,
                  collate_fn: Callable[[Sequence[Any]], Any] | None = None) -> None:
-        if kind not in ("true", "ggn"):
-            raise AttributionError(f"FisherSource kind must be 'true' or 'ggn', got {kind!r}")
+        if kind not in FISHER_KINDS:
+            raise AttributionError(
+                f"FisherSource kind must be one of {FISHER_KINDS}, got {kind!r}")
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise AttributionError(f"n_samples must be an integer >= 1, got {n_samples!r}")
         self.task, self.model, self.dataset, self.store = task, model, dataset, store
@@ -129,6 +132,8 @@ class FisherSource:
         return -(-self.num_examples // self.batch_size)
 
     def _losses(self, b: int) -> list[Callable[[Any, nn.Module], torch.Tensor]]:
+        if self.kind == "empirical":
+            return [self.task.compute_train_loss]
         if self.kind == "true":
             def sampled(s: int) -> Callable[[Any, nn.Module], torch.Tensor]:
                 gen = _batch_generator(self.seed, b, s)
@@ -160,32 +165,59 @@ class FisherSource:
                 self._k = int(self.task.compute_logits(batch, self.model).shape[-1])
         return self._k
 
-    def iter_chunks(self, dtype: torch.dtype = torch.float32) -> Iterator[dict[str, torch.Tensor]]:
-        """One pass: per batch, ``{layer: rows (R, d1 * d2)}``.
+    def iter_captures(self, dtype: torch.dtype = torch.float32
+                      ) -> Iterator[list[tuple[dict[str, LayerCapture], float]]]:
+        """One pass: per batch, the projected captures of every pseudo-loss with its weight.
 
-        ``sum rows rows^T`` is the batch's contribution to ``N F``.
+        Each item is ``(captures, w)``: per layer, the projected inputs A (B, T, d1) and
+        output-gradients B (B, T, d2) of one pseudo-loss (one sampled label, one GGN row, or
+        the observed label), with ``w`` the weight of its gradient outer products in ``N F``
+        (``1 / n_samples`` for ``true``, else 1).
         """
         capture = GradientCapture(self.model, self.specs, self.projection, dtype)
         was_training = self.model.training
         self.model.eval()
         try:
             first = next(iter_batches(self.dataset, 0, 1, 1, self.collate_fn))
-            _require_sampling(self.task, self.model, first, self.kind)
-            scale = self.n_samples ** -0.5 if self.kind == "true" else 1.0
+            if self.kind != "empirical":
+                _require_sampling(self.task, self.model, first, self.kind)
+            weight = 1.0 / self.n_samples if self.kind == "true" else 1.0
             batches = iter_batches(self.dataset, 0, self.num_examples, self.batch_size,
                                    self.collate_fn)
             for b, batch in enumerate(batches):
-                rows: dict[str, list[torch.Tensor]] = {n: [] for n in self.specs}
+                out = []
                 for loss_fn in self._losses(b):
                     try:
-                        captured = capture.capture(loss_fn, batch)
+                        out.append((capture.capture(loss_fn, batch), weight))
                     except NonFiniteError as err:
                         raise NonFiniteError(
                             f"{err} in the {self.kind}-Fisher pass (batch starting at example "
                             f"{b * self.batch_size})") from err
-                    for name, cap in captured.items():
-                        g = dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1)
-                        rows[name].append(g * scale if scale != 1.0 else g)
-                yield {n: torch.cat(parts) for n, parts in rows.items()}
+                yield out
         finally:
             self.model.train(was_training)
+
+    def iter_chunks(self, dtype: torch.dtype = torch.float32) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass: per batch, ``{layer: rows (R, d1 * d2)}``.
+
+        ``sum rows rows^T`` is the batch's contribution to ``N F``.
+        """
+        for items in self.iter_captures(dtype):
+            rows: dict[str, list[torch.Tensor]] = {n: [] for n in self.specs}
+            for captured, weight in items:
+                for name, cap in captured.items():
+                    g = dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1)
+                    rows[name].append(g * weight ** 0.5 if weight != 1.0 else g)
+            yield {n: torch.cat(parts) for n, parts in rows.items()}
+
+
+def source_for(cfg: CurvatureConfig, task: AttributionTask, model: nn.Module, dataset: Any,
+               store: FactorStore,
+               collate_fn: Callable[[Sequence[Any]], Any] | None = None) -> FisherSource | None:
+    """The Fisher source that fitting ``cfg`` needs, or ``None`` when the store suffices."""
+    from tamis.attribution.curvature import needs_source
+
+    if not needs_source(cfg):
+        return None
+    return FisherSource(task, model, dataset, store, cfg.fisher, cfg.n_samples, cfg.seed,
+                        cfg.fisher_batch_size, collate_fn)

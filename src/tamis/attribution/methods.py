@@ -7,7 +7,14 @@ method        store                               curvature
 ``logra``     dense d1 x d2 (LoGRA)               full D x D damped inverse
 ``grad_dot``  rank-c factors                      identity, plain dot product
 ``grad_cos``  rank-c factors                      identity, cosine similarity
+``ekfac``     rank-c factors                      per-layer EK-FAC (Kronecker eigenbasis,
+                                                  corrected eigenvalues; Kronfluence's)
+``kfac``      rank-c factors                      per-layer K-FAC A (x) S
 ============  ==================================  =================================
+
+The Kronecker methods fit their factors in extra passes over the data (with the curvature's
+``fisher``); with ``ProjectionConfig(kind="identity")`` they precondition in the unprojected
+layer space, as Kronfluence does, while the store still holds rank-c factors.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ from tamis.attribution.scoring import ScoreResult, compute_scores, self_influenc
 from tamis.attribution.store import FactorStore
 from tamis.attribution.task import AttributionTask
 
-Method = Literal["lorif", "logra", "grad_dot", "grad_cos"]
-METHODS = ("lorif", "logra", "grad_dot", "grad_cos")
+Method = Literal["lorif", "logra", "grad_dot", "grad_cos", "ekfac", "kfac"]
+METHODS = ("lorif", "logra", "grad_dot", "grad_cos", "ekfac", "kfac")
+_KINDS = {"lorif": "lowrank", "logra": "dense", "ekfac": "ekfac", "kfac": "kfac"}
 
 
 class Attributor:
@@ -50,9 +58,10 @@ class Attributor:
         task: The user's :class:`AttributionTask`.
         model: The trained model.
         path: Store folder (created; resumed if a partial build is there).
-        method: One of ``lorif``, ``logra``, ``grad_dot``, ``grad_cos``.
+        method: One of ``lorif``, ``logra``, ``grad_dot``, ``grad_cos``, ``ekfac``,
+            ``kfac``.
         projection: Two-sided projection config.
-        rank_c: c, factors per example and layer (``lorif``, ``grad_*``).
+        rank_c: c, factors per example and layer (every method but ``logra``).
         rank_r: r, retained curvature directions (``lorif``).
         dtype: On-disk dtype.
         curvature: Full curvature config (overrides ``rank_r`` and the method's kind).
@@ -80,7 +89,7 @@ class Attributor:
         self.task, self.model, self.path, self.method = task, model, Path(path), method
         self.projection = projection or ProjectionConfig()
         self.factors = FactorConfig(rank=None if method == "logra" else rank_c, dtype=dtype)
-        kind = {"lorif": "lowrank", "logra": "dense"}.get(method, "identity")
+        kind = _KINDS.get(method, "identity")
         self.curvature_config = replace(curvature or CurvatureConfig(rank=rank_r), kind=kind)
         self.build_config = build or BuildConfig()
         self.compute_dtype = compute_dtype
@@ -105,13 +114,10 @@ class Attributor:
             collate_fn,
             overwrite,
         )
-        source = None
-        cfg = self.curvature_config
-        if cfg.fisher != "empirical" and cfg.kind != "identity":
-            from tamis.attribution.fisher import FisherSource
+        from tamis.attribution.fisher import source_for
 
-            source = FisherSource(self.task, self.model, dataset, self.store, cfg.fisher,
-                                  cfg.n_samples, cfg.seed, cfg.fisher_batch_size, collate_fn)
+        cfg = self.curvature_config
+        source = source_for(cfg, self.task, self.model, dataset, self.store, collate_fn)
         self.curvature = fit_curvature(
             self.store, cfg, self.compute_dtype, self.build_config.progress, source
         )

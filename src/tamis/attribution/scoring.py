@@ -106,8 +106,9 @@ class _SubspaceKernel:
     """
 
     def __init__(self, qfactors: dict, dense: dict, curvature: Curvature, dtype) -> None:
-        if curvature.kind == "dense":
-            raise ValueError("the subspace kernel needs lowrank or identity curvature")
+        if curvature.kind not in ("lowrank", "identity"):
+            raise ValueError("the subspace kernel needs lowrank or identity curvature, "
+                             f"not {curvature.kind!r}")
         self.qfactors = {k: (a.to(dtype), b.to(dtype)) for k, (a, b) in qfactors.items()}
         self.terms = []  # per block: (layers, beta, coefficient (nq, r) or None, H or None)
         for block in curvature.blocks:
