@@ -45,6 +45,10 @@ lint: $(STAMP)
 BENCH_VENV := benchmarks/.venv-bench
 bench-env: $(STAMP)
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[bench]'
+	@# kronfluence pulls PyPI's torchvision, which fails beside this torch build
+	@# ('torchvision::nms does not exist') and breaks transformers' imports in .venv; the
+	@# anchors run from $(BENCH_VENV), so .venv does without it
+	$(BIN)/pip uninstall --quiet -y torchvision
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet torch==$(TORCH_VERSION)
 	$(BENCH_VENV)/bin/pip install --quiet -c benchmarks/attribution/constraints.txt '.[bench]'

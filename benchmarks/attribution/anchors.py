@@ -318,14 +318,16 @@ def run_kronfluence(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
     analyzer = Analyzer(analysis_name="bench", model=model, task=task, cpu=True,
                         output_dir=str(save), disable_tqdm=True)
     bs = 50 if ARCH["arch"] == "minilm" else 500
+    strategy = opts.get("strategy", "ekfac")
     t0 = time.perf_counter()
-    analyzer.fit_all_factors(factors_name="ekfac", dataset=train,
-                             factor_args=FactorArguments(strategy="ekfac"),
+    analyzer.fit_all_factors(factors_name=strategy, dataset=train,
+                             factor_args=FactorArguments(strategy=strategy),
                              per_device_batch_size=bs, overwrite_output_dir=True)
     t_fit = time.perf_counter() - t0
     factors_bytes = folder_bytes(save)
     t0 = time.perf_counter()
-    analyzer.compute_pairwise_scores(scores_name="s", factors_name="ekfac", query_dataset=queries,
+    analyzer.compute_pairwise_scores(scores_name="s", factors_name=strategy,
+                                     query_dataset=queries,
                                      train_dataset=train, per_device_query_batch_size=100,
                                      per_device_train_batch_size=bs,
                                      score_args=ScoreArguments(damping_factor=None),
@@ -334,7 +336,7 @@ def run_kronfluence(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
     s = analyzer.load_pairwise_scores("s")["all_modules"]  # (Q, N)
     n = len(train)
     return s.numpy().astype(np.float64), {
-        "config": "ekfac, damping_factor=None (0.1 x mean eigenvalue)",
+        "config": f"{strategy}, damping_factor=None (0.1 x mean eigenvalue)",
         "build_s": t_fit, "index_throughput_ex_per_s": n / t_fit,
         "store_bytes_per_example": None,
         "store_note": "stores no per-example data: training gradients recomputed per query batch",
@@ -344,7 +346,9 @@ def run_kronfluence(model, train, queries, out: Path, opts: dict) -> tuple[np.nd
 
 
 RUNNERS = {"dattri_logra": run_dattri_logra, "dattri_trak": run_dattri_trak,
-           "traker": run_traker, "kronfluence_ekfac": run_kronfluence}
+           "traker": run_traker, "kronfluence_ekfac": run_kronfluence,
+           "kronfluence_kfac": lambda *a: run_kronfluence(*a[:-1], {"strategy": "kfac",
+                                                                    **a[-1]})}
 
 
 def anchor_arguments(methods: list[str] | None = None) -> tuple[argparse.Namespace, dict]:
@@ -371,7 +375,7 @@ def main() -> None:
     import importlib.metadata as md
 
     pkg = {"dattri_logra": "dattri", "dattri_trak": "dattri", "traker": "traker",
-           "kronfluence_ekfac": "kronfluence"}[args.method]
+           "kronfluence_ekfac": "kronfluence", "kronfluence_kfac": "kronfluence"}[args.method]
     scores, info = RUNNERS[args.method](model, train, queries, args.out, opts)
     info.update(package=f"{pkg}=={md.version(pkg)}", torch=torch.__version__,
                 torch_threads=torch.get_num_threads(), peak_rss_mb=peak_rss_mb(), **opts)

@@ -72,17 +72,19 @@ def _fmnist_mlp(args) -> dict:
     save_data(cache, x, y, xq, yq)
     model = train_mlp(x, y, seed=12345, **sd["hp"])
     model.eval()
+    save_model(cache, model, {"arch": "mlp", "hidden": sd["hp"]["hidden"]})
     masks = fixed_masks(cache, n, args.subsets)
     truth = ground_truth(sd["retrain"], masks, cache, sd["setting"], n_seeds=args.seeds or 3)
     return {"setting": sd["setting"], "task": ClassificationTask(["fc1", "fc2"]),
             "model": model, "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq),
-            "masks": masks, "truth": truth, "batch_size": 500, "seeds": args.seeds or 3}
+            "masks": masks, "truth": truth, "batch_size": 500, "seeds": args.seeds or 3,
+            "retrain": sd["retrain"], "cache": cache}
 
 
 def _text_lm(args) -> dict:
     """Setting (b) as ``text_lm.py`` builds it (shares its ground-truth cache)."""
     from models import train_lm
-    from text_lm import LMTask, setting_data
+    from text_lm import LAYERS, LMTask, setting_data
 
     cache = CACHE / "text_lm"
     cache.mkdir(parents=True, exist_ok=True)
@@ -92,6 +94,10 @@ def _text_lm(args) -> dict:
     save_data(cache, x, y, xq, yq)
     model = train_lm(sd["train_seq"], sd["vocab"], seed=12345, **sd["hp"])
     model.eval()
+    arch = sd["arch"]
+    save_model(cache, model, {"arch": "charlm", "vocab": sd["vocab"], "tracked": LAYERS,
+                              "d": arch["d"], "n_layers": arch["layers"],
+                              "heads": arch["heads"], "ctx": arch["ctx"]})
     masks = fixed_masks(cache, n, args.subsets)
     truth = ground_truth(sd["retrain"], masks, cache, sd["setting"], n_seeds=args.seeds or 1,
                          reverse=args.truth_reverse)
@@ -100,7 +106,8 @@ def _text_lm(args) -> dict:
         raise SystemExit(0)
     return {"setting": sd["setting"], "task": LMTask(), "model": model,
             "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq), "masks": masks,
-            "truth": truth, "batch_size": 32, "seeds": args.seeds or 1}
+            "truth": truth, "batch_size": 32, "seeds": args.seeds or 1,
+            "retrain": sd["retrain"], "cache": cache}
 
 
 def _minilm_cls(args) -> dict:
@@ -125,6 +132,8 @@ def _minilm_cls(args) -> dict:
     layers = minilm_linear_names(mc.freeze(MiniLMClassifier(3, pretrained=False)), "subset")
     model = mc.fine_tune(x, y, 12345, state, hp)
     model.eval()
+    save_model(cache, model, {"arch": "minilm", "num_labels": len(mc.LABELS),
+                              "tracked": layers, "frozen": mc.FROZEN, "max_len": t_len})
     masks = fixed_masks(cache, n, args.subsets)
 
     def retrain(mask: np.ndarray, seed: int) -> np.ndarray:
@@ -138,7 +147,13 @@ def _minilm_cls(args) -> dict:
         raise SystemExit(0)
     return {"setting": setting, "task": ClassificationTask(layers), "model": model,
             "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq), "masks": masks,
-            "truth": truth, "batch_size": 32, "seeds": 1}
+            "truth": truth, "batch_size": 32, "seeds": 1, "retrain": retrain, "cache": cache}
+
+
+def save_model(cache: Path, model: torch.nn.Module, meta: dict) -> None:
+    """model.pt + meta.json, what the anchors (``anchors.py``) load; the setting scripts' own."""
+    torch.save(model.state_dict(), cache / "model.pt")
+    (cache / "meta.json").write_text(json.dumps(meta))
 
 
 SETTINGS = {"fmnist_mlp": _fmnist_mlp, "text_lm": _text_lm, "minilm_cls": _minilm_cls}

@@ -119,6 +119,17 @@ def test_cli_build_info_query_verify(tmp_path):
     res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", store,
                               "--out", str(out_true), "--n-samples", "0", "--fisher", "true"])
     assert res.exit_code == 2 and "n_samples must be an integer >= 1" in res.output
+    out_kron = tmp_path / "scores_ekfac.npz"
+    res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", store,
+                              "--out", str(out_kron), "--curvature", "ekfac", "--fisher",
+                              "true", "--self-scores"])
+    assert res.exit_code == 0, res.output
+    kron = np.load(out_kron)
+    assert kron["scores"].shape == (3, 13) and np.isfinite(kron["scores"]).all()
+    assert (kron["self_influence"] > 0).all()
+    res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", store,
+                              "--curvature", "ekfac", "--granularity", "model"])
+    assert res.exit_code == 2 and "per-layer curvature" in res.output
 
 
 def test_cli_errors_are_named(tmp_path):

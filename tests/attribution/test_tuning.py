@@ -31,13 +31,17 @@ def test_tune_returns_the_argmax_and_writes_it(tmp_path):
     cfg = TuneConfig(dampings=(0.01, 1.0, 100.0), ranks=(2, 50), fishers=("empirical", "true"),
                      n_subsets=6)
     res = tune(b.task, b.model, b.train, b.queries, store, b.retrain, cfg, progress=False)
-    assert len(res.table) == 3 * 2 * 2
+    # 3 dampings x 2 Fishers x (lowrank at 2 ranks + ekfac)
+    assert len(res.table) == 3 * 2 * 3
+    assert {r["kind"] for r in res.table} == {"lowrank", "ekfac"}
     best = max((r for r in res.table if np.isfinite(r["lds"])), key=lambda r: r["lds"])
     assert res.best == best
     on_disk = load_tuning(store.path)
-    assert on_disk.best == res.best and len(on_disk.table) == 12
+    assert on_disk.best == res.best and len(on_disk.table) == 18
     cc = on_disk.curvature_config()
-    assert (cc.fisher, cc.rank, cc.damping) == (best["fisher"], best["rank"], best["damping"])
+    assert (cc.kind, cc.fisher, cc.damping) == (best["kind"], best["fisher"], best["damping"])
+    if best["kind"] == "lowrank":
+        assert cc.rank == best["rank"]
     # the retrained measurements are cached: a second call retrains nothing
     calls = []
 
@@ -54,6 +58,8 @@ def test_tuning_budget_and_bad_input(tmp_path):
         TuneConfig(n_subsets=2)
     with pytest.raises(ValueError, match="fishers"):
         TuneConfig(fishers=("ggn",))
+    with pytest.raises(ValueError, match="kinds"):
+        TuneConfig(kinds=("dense",))
     b, store = _bundle_and_store(tmp_path)
     with pytest.raises(AttributionError, match="expected one per query"):
         tune(b.task, b.model, b.train, b.queries, store, lambda m, s: np.zeros(7),

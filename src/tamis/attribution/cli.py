@@ -221,8 +221,10 @@ def tune(
     dampings: str = typer.Option("0.01,0.1,0.3,1,3,10,100", help="Relative dampings to try."),
     ranks: str = typer.Option("32,128,512", help="Curvature ranks r to try."),
     fishers: str = typer.Option("empirical,true", help="Fisher kinds to try."),
+    kinds: str = typer.Option("lowrank,ekfac", help="Curvature kinds to try (lowrank, ekfac, "
+                              "kfac; r applies to lowrank)."),
 ) -> None:
-    """Pick the Fisher kind, rank and damping of highest LDS; write tuning.json by the store."""
+    """Pick the curvature kind, Fisher, rank and damping of highest LDS; write tuning.json."""
     from tamis.attribution.tuning import TuneConfig
     from tamis.attribution.tuning import tune as run_tune
 
@@ -231,6 +233,7 @@ def tune(
             dampings=tuple(float(x) for x in dampings.split(",")),
             ranks=tuple(int(x) for x in ranks.split(",")),
             fishers=tuple(x.strip() for x in fishers.split(",")),
+            kinds=tuple(x.strip() for x in kinds.split(",")),
             n_subsets=subsets,
         )
         s = FactorStore.open(store)
@@ -244,14 +247,16 @@ def tune(
     except (AttributionError, ValueError, FileNotFoundError) as err:
         _fail(err)
     table = Table(title=f"tuning on {subsets} retrained subsets (LDS of the query loss)")
-    for col in ("Fisher", "r", "damping", "LDS", "95% CI"):
+    for col in ("curvature", "Fisher", "r", "damping", "LDS", "95% CI"):
         table.add_column(col)
     for row in sorted(res.table, key=lambda r: -r["lds"] if np.isfinite(r["lds"]) else 1)[:10]:
-        table.add_row(row["fisher"], str(row["rank"]), f"{row['damping']:g}",
+        table.add_row(row.get("kind", "lowrank"), row["fisher"], str(row["rank"] or "-"),
+                      f"{row['damping']:g}",
                       f"{row['lds']:.3f}", f"{row['ci'][0]:.3f} .. {row['ci'][1]:.3f}")
     console.print(table)
     b_ = res.best
-    console.print(f"best: fisher={b_['fisher']} r={b_['rank']} damping={b_['damping']:g} "
+    console.print(f"best: {b_.get('kind', 'lowrank')} fisher={b_['fisher']} r={b_['rank']} "
+                  f"damping={b_['damping']:g} "
                   f"(LDS {b_['lds']:.3f}) -> {store / 'tuning.json'}; use `query --tuned`")
 
 

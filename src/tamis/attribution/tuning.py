@@ -24,13 +24,13 @@ from torch import nn
 
 from tamis._io import write_text_atomic
 from tamis._progress import track
-from tamis.attribution.build import model_fingerprint
+from tamis.attribution.build import model_fingerprint, query_gradients
 from tamis.attribution.config import CurvatureConfig, ScoreConfig
 from tamis.attribution.curvature import Curvature, fit_curvature, store_identity
 from tamis.attribution.data import dataset_length
 from tamis.attribution.errors import AttributionError
 from tamis.attribution.evaluation import ground_truth, lds, make_masks
-from tamis.attribution.scoring import compute_scores
+from tamis.attribution.scoring import score_gradients
 from tamis.attribution.store import FactorStore
 from tamis.attribution.task import AttributionTask
 
@@ -46,6 +46,9 @@ class TuneConfig:
         dampings: relative dampings (x the mean eigenvalue trace(F)/D) to try.
         ranks: curvature ranks r to try (clipped to each layer's D; an r >= D is exact).
         fishers: Fisher kinds to try (``"empirical"``, ``"true"``).
+        kinds: curvature kinds to try (``"lowrank"``, ``"ekfac"``, ``"kfac"``); ``ranks``
+            apply to ``lowrank`` only. Each Kronecker fit is two (EK-FAC) or one (K-FAC)
+            extra pass over the training data.
         n_subsets: retrained models (each on a random ``alpha`` fraction of the data);
             LDS needs at least 3.
         alpha: fraction of the training set in each subset.
@@ -58,6 +61,7 @@ class TuneConfig:
     dampings: tuple[float, ...] = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     ranks: tuple[int, ...] = (32, 128, 512)
     fishers: tuple[str, ...] = ("empirical", "true")
+    kinds: tuple[str, ...] = ("lowrank", "ekfac")
     n_subsets: int = 20
     alpha: float = 0.5
     n_seeds: int = 1
@@ -73,6 +77,9 @@ class TuneConfig:
             raise ValueError(f"dampings must be positive, got {self.dampings}")
         if not self.ranks or any(r < 1 for r in self.ranks):
             raise ValueError(f"ranks must be >= 1, got {self.ranks}")
+        bad_kinds = [k for k in self.kinds if k not in ("lowrank", "ekfac", "kfac")]
+        if bad_kinds or not self.kinds:
+            raise ValueError(f"kinds must be among 'lowrank', 'ekfac', 'kfac', got {self.kinds}")
         bad = [f for f in self.fishers if f not in ("empirical", "true")]
         if bad or not self.fishers:
             raise ValueError(f"fishers must be 'empirical' and/or 'true', got {self.fishers}")
@@ -95,8 +102,9 @@ class TuneResult:
     def curvature_config(self, base: CurvatureConfig | None = None) -> CurvatureConfig:
         """The chosen curvature as a :class:`CurvatureConfig` (other fields from ``base``)."""
         b = base or CurvatureConfig()
-        return replace(b, kind="lowrank", fisher=self.best["fisher"], rank=self.best["rank"],
-                       damping=self.best["damping"], damping_mode="relative")
+        rank = self.best.get("rank") or b.rank
+        return replace(b, kind=self.best.get("kind", "lowrank"), fisher=self.best["fisher"],
+                       rank=rank, damping=self.best["damping"], damping_mode="relative")
 
 
 def _with_damping(curv: Curvature, a: float) -> Curvature:
@@ -140,7 +148,7 @@ def tune(
         AttributionError: the retrained measurements do not match the queries.
 
     """
-    from tamis.attribution.fisher import FisherSource
+    from tamis.attribution.fisher import source_for
 
     cfg = config or TuneConfig()
     n = store.num_examples
@@ -156,21 +164,23 @@ def tune(
         raise AttributionError(f"retrain returned {truth.shape[1]} measurements per subset; "
                                f"expected one per query ({n_q})")
     table: list[dict] = []
-    jobs = [(f, r) for f in cfg.fishers for r in cfg.ranks]
+    jobs = [(k, f, r) for k in cfg.kinds for f in cfg.fishers
+            for r in (cfg.ranks if k == "lowrank" else (None,))]
     score_cfg = ScoreConfig(progress=False, top_k=1)
-    for fisher, r in track(jobs, "tuning: curvatures", len(jobs), progress):
-        base = CurvatureConfig(kind="lowrank", rank=r, fisher=fisher, n_samples=cfg.n_samples)
-        source = (None if fisher == "empirical" else
-                  FisherSource(task, model, train, store, fisher, cfg.n_samples, cfg.seed,
-                               collate_fn=collate_fn))
-        curv = fit_curvature(store, base, torch.float32, False, source)
+    grads = query_gradients(task, model, queries, store, score_cfg.batch_size, torch.float32,
+                            collate_fn, False)
+    for kind, fisher, r in track(jobs, "tuning: curvatures", len(jobs), progress):
+        base = CurvatureConfig(kind=kind, rank=r or 1, fisher=fisher, n_samples=cfg.n_samples,
+                               seed=cfg.seed)
+        curv = fit_curvature(store, base, torch.float32, False,
+                             source_for(base, task, model, train, store, collate_fn))
         for a in cfg.dampings:
-            res = compute_scores(task, model, queries, store, _with_damping(curv, a),
-                                 score_cfg, torch.float32, collate_fn)
+            res = score_gradients(grads, store, _with_damping(curv, a), score_cfg,
+                                  torch.float32)
             out = lds(res.scores.numpy().astype(np.float64), masks, truth, target="loss",
                       n_boot=200, seed=0)
-            table.append({"fisher": fisher, "rank": r, "damping": a, "lds": out.mean,
-                          "ci": [out.ci_low, out.ci_high]})
+            table.append({"kind": kind, "fisher": fisher, "rank": r, "damping": a,
+                          "lds": out.mean, "ci": [out.ci_low, out.ci_high]})
     finite = [row for row in table if np.isfinite(row["lds"])]
     if not finite:
         raise AttributionError("no configuration gave a finite LDS (constant retrained "
