@@ -54,6 +54,11 @@ def needs_source(cfg: CurvatureConfig) -> bool:
     return cfg.kind != "identity" and (cfg.fisher != "empirical" or cfg.kind in KRONECKER_KINDS)
 
 
+def damping_for(cfg: CurvatureConfig, trace: float, dim: int) -> float:
+    """Lambda of a block: absolute, or ``cfg.damping`` x its mean eigenvalue trace / D."""
+    return cfg.damping if cfg.damping_mode == "absolute" else cfg.damping * trace / dim
+
+
 @dataclass
 class CurvatureBlock:
     """Preconditioner of one block of layers (concatenated in order)."""
@@ -70,7 +75,11 @@ class CurvatureBlock:
     basis_in: torch.Tensor | None = None  # (d1, d1) Q_A, kfac / ekfac
     basis_out: torch.Tensor | None = None  # (d2, d2) Q_S, kfac / ekfac
     kron_eigvals: torch.Tensor | None = None  # (d1, d2) l_A l_S^T (kfac) or corrected (ekfac)
-    shape: tuple[int, int] | None = None  # (d1, d2) of a Kronecker block
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """(d1, d2) of a Kronecker block (None for the other kinds)."""
+        return None if self.kron_eigvals is None else tuple(self.kron_eigvals.shape)
 
     @property
     def dim(self) -> int:
@@ -139,7 +148,6 @@ class Curvature:
                     "damping": b.damping,
                     "trace": b.trace,
                     "tail": b.tail,
-                    "shape": b.shape,
                 }
             )
         header = {
@@ -173,7 +181,6 @@ class Curvature:
                     m["damping"],
                     m["trace"],
                     tail=m.get("tail", 0.0),
-                    shape=tuple(m["shape"]) if m.get("shape") else None,
                     **{key: tensors.get(f"{i}.{key}") for key in _TENSOR_KEYS},
                 )
             )
@@ -402,7 +409,7 @@ def fit_curvature(
     out = []
     for b, (names, bdims) in enumerate(blocks):
         D = dims[b]
-        lam = cfg.damping if cfg.damping_mode == "absolute" else cfg.damping * trace[b] / D
+        lam = damping_for(cfg, trace[b], D)
         if cfg.kind != "identity" and lam <= 0:
             raise StoreError(f"block {names} has all-zero gradients; use absolute damping")
         block = CurvatureBlock(names, bdims, float(lam), float(trace[b]))

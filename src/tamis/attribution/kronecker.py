@@ -34,6 +34,7 @@ import torch
 from tamis._progress import track
 from tamis.attribution.config import CurvatureConfig
 from tamis.attribution.errors import AttributionError, StoreError
+from tamis.attribution.factors import dense_gradients
 from tamis.attribution.store import FactorStore  # noqa: TC001
 
 KRONECKER_KINDS = ("kfac", "ekfac")
@@ -78,7 +79,7 @@ def _corrected_eigenvalues(source, bases: dict, dtype: torch.dtype, progress: bo
                 a, b = cap.a @ qa.to(dtype), cap.b @ qs.to(dtype)  # rotate tokens first
                 step = max(1, _MAX_ELEMENTS // (qa.shape[0] * qs.shape[0]))
                 for lo in range(0, a.shape[0], step):
-                    g = torch.einsum("bti,bto->bio", a[lo:lo + step], b[lo:lo + step])
+                    g = dense_gradients(a[lo:lo + step], b[lo:lo + step])
                     acc[name] = acc.get(name, 0) + weight * (g * g).sum(0)
     return acc
 
@@ -102,7 +103,7 @@ def fit_kronecker(store: FactorStore, cfg: CurvatureConfig, source, dtype: torch
         StoreError: a layer whose Fisher is zero under relative damping.
 
     """
-    from tamis.attribution.curvature import CurvatureBlock
+    from tamis.attribution.curvature import CurvatureBlock, damping_for
 
     if cfg.granularity != "layer":
         raise AttributionError(
@@ -131,14 +132,13 @@ def fit_kronecker(store: FactorStore, cfg: CurvatureConfig, source, dtype: torch
         name, d1, d2 = lay["name"], lay["d1"], lay["d2"]
         ev = eigs[name]
         trace = float(ev.sum())
-        lam = cfg.damping if cfg.damping_mode == "absolute" else cfg.damping * trace / ev.numel()
+        lam = damping_for(cfg, trace, ev.numel())
         if lam <= 0:
             raise StoreError(f"layer {name!r} has an all-zero Fisher; use absolute damping")
         qa, qs = bases[name]
         blocks.append(CurvatureBlock(
             [name], [d1 * d2], float(lam), trace, basis_in=qa.to(dtype).contiguous(),
-            basis_out=qs.to(dtype).contiguous(), kron_eigvals=ev.to(dtype).contiguous(),
-            shape=(d1, d2)))
+            basis_out=qs.to(dtype).contiguous(), kron_eigvals=ev.to(dtype).contiguous()))
     return blocks, passes
 
 
