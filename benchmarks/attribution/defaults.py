@@ -57,6 +57,7 @@ SWEEP = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # x mean eigenvalue
 DEFAULT_PROJ = ProjectionConfig()
 NO_PROJ = ProjectionConfig(kind="identity")
 PROJ_256 = ProjectionConfig(d1=256, d2=256)
+AUTO_PROJ = ProjectionConfig(identity_up_to=1024)  # sides <= 1024 unprojected, larger to 64
 
 
 def configurations(sequence: bool) -> list[dict]:
@@ -91,6 +92,20 @@ def configurations(sequence: bool) -> list[dict]:
                          "curv": CurvatureConfig(kind=kind, fisher="true")})
     rows.append({"label": "tamis ekfac, empirical Fisher, unprojected, c=1", "proj": NO_PROJ,
                  "c": 1, "curv": CurvatureConfig(kind="ekfac", fisher="empirical")})
+    for c in ((1, 8) if sequence else (1,)):
+        rows.append({"label": f"tamis ekfac, true Fisher, sides <= 1024 unprojected, c={c}",
+                     "proj": AUTO_PROJ, "c": c,
+                     "curv": CurvatureConfig(kind="ekfac", fisher="true")})
+    rows.append({"label": "tamis ekfac, empirical Fisher, sides <= 1024 unprojected, c=8",
+                 "proj": AUTO_PROJ, "c": 8,
+                 "curv": CurvatureConfig(kind="ekfac", fisher="empirical")})
+    if sequence:
+        rows.append({"label": "tamis ekfac, true Fisher, projected, c=8", "proj": DEFAULT_PROJ,
+                     "c": 8, "curv": CurvatureConfig(kind="ekfac", fisher="true")})
+        for c in (16, 32):
+            rows.append({"label": f"tamis ekfac, true Fisher, unprojected, c={c}",
+                         "proj": NO_PROJ, "c": c,
+                         "curv": CurvatureConfig(kind="ekfac", fisher="true")})
     return rows
 
 
@@ -192,8 +207,18 @@ def write(rows: list[dict], args, st: dict, wall: float) -> None:
             f"{r['sweep'][a]:.3f}" for a in SWEEP) + " |")
     cmd = f".venv/bin/python benchmarks/attribution/defaults.py --setting {args.setting}" + (
         " --skip " + " ".join(repr(x) for x in args.skip) if args.skip else "")
+    name = f"attribution_defaults_{args.setting}"
+    commands = [cmd]
+    if args.only is not None:
+        cmd += (" --only " + " ".join(repr(x) for x in args.only)
+                + f" --tune-subsets {args.tune_subsets} --anchors " + " ".join(args.anchors))
+        prev = RESULTS / f"{name}.json"
+        meta = json.loads(prev.read_text())["meta"] if prev.exists() else {}
+        commands = meta.get("commands", [meta["command"]] if "command" in meta else []) + [cmd]
     md = (f"# Side by side at defaults, setting {args.setting}\n\n"
-          f"Command: `{cmd}`. {args.subsets} evaluation subsets (alpha = 0.5), "
+          "Command" + ("s (later ones rerun or add the rows they match)" if len(commands) > 1
+                       else "") + ": " + "; ".join(f"`{c}`" for c in commands) + ". "
+          f"{args.subsets} evaluation subsets (alpha = 0.5), "
           f"{st['seeds']} retraining seed(s) each, LDS of the query loss (1000 bootstrap "
           f"draws); wall time {wall:.0f} s, {args.threads} thread(s). Kronfluence runs from "
           "benchmarks/.venv-bench at its defaults (its build s = factor fitting, its query s "
@@ -201,11 +226,11 @@ def write(rows: list[dict], args, st: dict, wall: float) -> None:
           f"`tune()` on {args.tune_subsets} separate retrained subsets (seed 1).\n\n"
           + "\n".join(lines) + "\n\n## LDS over the damping sweep (x mean eigenvalue)\n\n"
           + "\n".join(sweep_lines) + "\n")
-    name = f"attribution_defaults_{args.setting}"
     write_text_atomic(RESULTS / f"{name}.md", md)
     clean = [{k: v for k, v in r.items() if k != "scores_path"} for r in rows]
     write_text_atomic(RESULTS / f"{name}.json", json.dumps(
-        {"meta": {"command": cmd, "setting": st["setting"], "environment": environment(),
+        {"meta": {"command": cmd, "commands": commands, "setting": st["setting"],
+                  "environment": environment(),
                   "wall_s": wall, "subsets": args.subsets}, "rows": clean},
         indent=1, default=str))
     print(md)
@@ -256,7 +281,26 @@ def main() -> None:
                     fit_s=0.0, query_s=(info.get("query_warm") or {}).get("total_s", 0))
         print(method, _fmt_ci(info), flush=True)
         rows.append(info)
+    if args.only is not None:
+        rows = _merged(rows, RESULTS / f"attribution_defaults_{args.setting}.json")
     write(rows, args, st, time.perf_counter() - t_all)
+
+
+def _merged(rows: list[dict], path: Path) -> list[dict]:
+    """With ``--only``: the previous table's rows, those rerun replaced, new ones inserted
+    before the tuned and anchor rows (so a partial rerun never drops measured rows)."""
+    if not path.exists():
+        return rows
+    old = json.loads(path.read_text())["rows"]
+    for r in old:  # JSON keys are strings; the sweep is keyed by the damping factor
+        if r.get("sweep"):
+            r["sweep"] = {float(k): v for k, v in r["sweep"].items()}
+    new = {r["method"]: r for r in rows}
+    out = [new.pop(r["method"], r) for r in old]
+    cut = next((i for i, r in enumerate(out) if r["method"] == "tamis lorif tuned"
+                or "(defaults)" in r["method"] and not r["method"].startswith("tamis")),
+               len(out))
+    return out[:cut] + list(new.values()) + out[cut:]
 
 
 if __name__ == "__main__":

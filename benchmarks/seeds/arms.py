@@ -30,11 +30,11 @@ import torch
 from tamis._io import write_text_atomic
 from tamis.seeds import stats
 from tamis.seeds.curate import CurateConfig, curate
-from tamis.seeds.finetune import FinetuneConfig, finetune
+from tamis.seeds.finetune import FinetuneConfig, finetune, load_image_folder
 from tamis.seeds.generation import initial_latents
 from tamis.seeds.mining import MiningConfig, mine
-from tamis.seeds.world.captions import world_prompts
-from tamis.seeds.world.checker import ExactChecker
+from tamis.seeds.world.captions import scene_for_prompt, world_prompts
+from tamis.seeds.world.checker import ExactChecker, snap_to_palette
 from tamis.seeds.world.model import (
     DEFAULT_DIR,
     ShapesWorldGenerator,
@@ -44,6 +44,9 @@ from tamis.seeds.world.model import (
 
 ARMS = ("base", "base_top_seeds", "ft_random", "ft_random_filtered", "ft_top_seeds",
         "ft_top_seeds_rectified")
+#: diagnostic arm, not in the paper: fine-tuning on correct renders of the training prompts
+#: (a perfect judge and a perfect generator), the ceiling of what any curated set can give.
+EXTRA_ARMS = ("ft_oracle",)
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -61,11 +64,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ft-steps", type=int, default=300)
     p.add_argument("--ft-lr", type=float, default=3e-4)
     p.add_argument("--ft-blocks", default="d2mu0", help="attention blocks of the world UNet")
+    p.add_argument("--ft-mode", choices=("qk", "lora", "full"), default="qk",
+                   help="trainable parameters (the paper: qk)")
+    p.add_argument("--ft-batch", type=int, default=16)
+    p.add_argument("--snap-train", action="store_true",
+                   help="snap fine-tuning images to the palette (removes sampling grain; a "
+                        "diagnostic, not the paper's protocol)")
+    p.add_argument("--arms", nargs="+", choices=ARMS + EXTRA_ARMS, default=list(ARMS),
+                   help="arms to run (base is always run: gains are relative to it)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=None,
                    help="default: the model folder's measured sampling default")
     p.add_argument("--judge", choices=("cnn", "checker"), default="cnn", help="mining judge")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tag", default="", help="suffix of the results files")
     p.add_argument("--smoke", action="store_true", help="minutes-sized run of the same code")
     p.add_argument("--kind", choices=("both", "numerical", "spatial"), default="both",
                    help="prompt kinds mined, fine-tuned on and evaluated (the paper fine-tunes "
@@ -128,10 +140,15 @@ def _evaluate(gen: ShapesWorldGenerator, prompts: list, seeds_for, out: Path) ->
 def _finetuned(base: ShapesWorldGenerator, images, captions, args, out: Path
                ) -> ShapesWorldGenerator:
     unet = copy.deepcopy(base.unet).train()
-    cfg = FinetuneConfig(mode="qk", blocks=args.ft_blocks, steps=args.ft_steps, lr=args.ft_lr,
-                         batch_size=16 if not args.smoke else 4, hflip="off", seed=0,
+    cfg = FinetuneConfig(mode=args.ft_mode, blocks=args.ft_blocks, steps=args.ft_steps,
+                         lr=args.ft_lr, batch_size=args.ft_batch if not args.smoke else 4,
+                         hflip="off", seed=0,
                          checkpoint_every=max(1, args.ft_steps // 4), progress=False)
     enc = base.text_encoder
+    if args.snap_train:
+        if isinstance(images, Path):
+            images, captions = load_image_folder(images)
+        images = snap_to_palette(images)
 
     def encode(texts: list[str]) -> torch.Tensor:
         with torch.no_grad():
@@ -194,7 +211,7 @@ def run(args: argparse.Namespace) -> dict:
                      "mining_judge": judge.name, "top_seeds": top,
                      "chi_square": stats.chi_square(obs), "arms": {}}
     pool = None
-    for arm in ARMS:
+    for arm in ["base"] + [a for a in args.arms if a != "base"]:
         arm_dir = args.out / arm
         done = arm_dir / "result.json"
         if done.exists():
@@ -216,6 +233,12 @@ def run(args: argparse.Namespace) -> dict:
                 keep = np.flatnonzero(correct)[: args.ft_images]
             n_train = len(keep)
             gen = _finetuned(base, images[keep], [caps[i] for i in keep], args, arm_dir)
+        elif arm == "ft_oracle":
+            rng = np.random.default_rng(30_000)
+            prompts = (train * -(-args.ft_images // len(train)))[: args.ft_images]
+            images = np.stack([scene_for_prompt(rng, p)[0] for p in prompts])
+            n_train = len(prompts)
+            gen = _finetuned(base, images, [p.text for p in prompts], args, arm_dir)
         elif arm in ("ft_top_seeds", "ft_top_seeds_rectified"):
             reps = -(-args.ft_images // len(train))
             mode = "none" if arm == "ft_top_seeds" else "rectify"
@@ -243,7 +266,8 @@ def run(args: argparse.Namespace) -> dict:
     timing["total_s"] = time.time() - t0
     results["timing"] = timing
     results["command"] = " ".join(sys.argv)
-    suffix = ("_smoke" if args.smoke else "") + ("" if args.kind == "both" else f"_{args.kind}")
+    suffix = (("_smoke" if args.smoke else "") + ("" if args.kind == "both" else f"_{args.kind}")
+              + (f"_{args.tag}" if args.tag else ""))
     slim = copy.deepcopy(results)
     for res in slim["arms"].values():
         res.pop("_obs", None)

@@ -160,3 +160,24 @@ def test_kronecker_bad_input(tmp_path):
                       False, source)
     with pytest.raises(ValueError, match="unknown kind"):
         CurvatureConfig(kind="kfc")
+
+
+def test_identity_up_to_keeps_small_sides_unprojected(tmp_path):
+    """Sides no larger than ``identity_up_to`` are the identity: with every side covered the
+    scores equal the unprojected store's; with a lower bound only the large sides shrink."""
+    from tamis.attribution.projection import layer_spec
+
+    spec = layer_spec("fc", 7, 300, ProjectionConfig(d1=4, d2=4, identity_up_to=10))
+    assert (spec.d1, spec.d2, spec.in_identity, spec.out_identity) == (7, 4, True, False)
+    model, data = mlp(), classification_data(N)
+    queries = classification_data(3, seed=9)
+    scores = {}
+    for label, proj in (("identity", IDENTITY),
+                        ("up_to", ProjectionConfig(d1=2, d2=2, identity_up_to=100))):
+        att = Attributor(ClassificationTask(), model, tmp_path / label, method="ekfac",
+                         projection=proj, dtype="float64", build=QUIET,
+                         compute_dtype=torch.float64, curvature=CurvatureConfig(damping=0.5))
+        scores[label] = att.fit(data).score(queries, ScoreConfig(progress=False)).scores
+    torch.testing.assert_close(scores["up_to"], scores["identity"], rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="identity_up_to"):
+        ProjectionConfig(identity_up_to=0)

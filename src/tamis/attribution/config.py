@@ -37,6 +37,13 @@ class ProjectionConfig:
             error naming the layer.
         include_bias: Treat a layer's bias as an extra input column of ones, so its
             gradient is attributed too.
+        identity_up_to: If set, a side whose full dimension (input with its bias column,
+            or output) is at most this is kept unprojected (identity, lossless) and only
+            larger sides are projected to d1 / d2. The factored store then holds
+            c * (I + O) numbers for a small layer, a few times d1 + d2, and the curvature
+            sees the layer's exact input and output-gradient covariances (what Kronecker
+            curvature needs); large layers stay projected, so the store stays bounded on
+            large models. ``None`` projects every side larger than d1 / d2.
 
     """
 
@@ -46,10 +53,13 @@ class ProjectionConfig:
     kind: Literal["gaussian", "rademacher", "identity"] = "gaussian"
     clip_to_layer: bool = True
     include_bias: bool = True
+    identity_up_to: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.kind in ("gaussian", "rademacher", "identity"), f"unknown kind {self.kind!r}")
         _check(self.d1 >= 1 and self.d2 >= 1, f"d1, d2 must be >= 1, got {self.d1}, {self.d2}")
+        _check(self.identity_up_to is None or self.identity_up_to >= 1,
+               f"identity_up_to must be None or >= 1, got {self.identity_up_to}")
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,9 @@ def layer_spec(name: str, in_dim: int, out_dim: int, cfg: ProjectionConfig) -> L
             )
     d1, d2 = min(cfg.d1, in_dim), min(cfg.d2, out_dim)
     clipped = d1 < cfg.d1 or d2 < cfg.d2
+    if cfg.identity_up_to is not None:
+        d1 = in_dim if in_dim <= cfg.identity_up_to else d1
+        d2 = out_dim if out_dim <= cfg.identity_up_to else d2
     return LayerSpec(name, in_dim, out_dim, d1, d2, d1 == in_dim, d2 == out_dim, clipped)
 
 

@@ -170,3 +170,19 @@ def test_checker_on_degraded_renders_and_validity() -> None:
         ck.judge(smear, [Question("count", OBJECTS[0], count=2)])
     with pytest.raises(ValueError, match="uint8"):
         ck.blobs(smear[0].astype(float))
+
+
+def test_snap_to_palette_restores_noisy_renders() -> None:
+    """Renders are palette images: snapping is the identity on them, and it undoes mild noise
+    (so the checker's verdicts and validity are unchanged), pixel by pixel."""
+    from tamis.seeds.world.checker import snap_to_palette
+
+    rng = np.random.default_rng(0)
+    prompts = world_prompts("train")["numerical"][:6]
+    clean = np.stack([scene_for_prompt(rng, p)[0] for p in prompts])
+    np.testing.assert_array_equal(snap_to_palette(clean), clean)
+    noisy = np.clip(clean + rng.normal(0, 4, clean.shape), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(snap_to_palette(noisy), clean)
+    assert snap_to_palette(clean[0]).shape == clean[0].shape
+    with pytest.raises(ValueError, match="uint8"):
+        snap_to_palette(clean.astype(np.float32))

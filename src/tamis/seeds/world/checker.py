@@ -60,6 +60,26 @@ def quantise(image: np.ndarray, max_distance: float = 90.0) -> np.ndarray:
     return np.where(ok, idx, -1)
 
 
+def snap_to_palette(images: np.ndarray) -> np.ndarray:
+    """Every pixel replaced by its nearest palette colour or background tint (RGB Euclidean).
+
+    The world's renders use only these colours; a generated image snapped this way keeps its
+    layout and shapes but loses the sampler's grain. Used to test whether that grain, rather
+    than the composition, is what fine-tuning on self-generated images learns.
+
+    Args:
+        images: uint8 ``(H, W, 3)`` or ``(N, H, W, 3)``.
+
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (..., H, W, 3) images, got {images.dtype} "
+                         f"{images.shape}")
+    d = np.linalg.norm(images[..., None, :].astype(np.float32) - _PALETTE.astype(np.float32),
+                       axis=-1)
+    return _PALETTE[d.argmin(-1)].astype(np.uint8)
+
+
 def classify(mask: np.ndarray) -> str | None:
     """Shape of a blob's bounding-box-cropped boolean mask, or None if no valid shape."""
     h, w = mask.shape
