@@ -185,8 +185,9 @@ def _fmt_ci(r: dict) -> str:
     return f"{r['lds']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
 
 
-def write(rows: list[dict], args, st: dict, wall: float) -> None:
-    """JSON + markdown table."""
+def write(rows: list[dict], args, st: dict, wall: float, previous: dict | None = None
+          ) -> None:
+    """JSON + markdown table (``previous``: the earlier results a ``--only`` run extends)."""
     head = ("| method | LDS [95% CI] | best of damping sweep (at) | bytes / example | "
             "curvature bytes | build s | fit s | query s |")
     lines = [head, "|---|---|---|---|---|---|---|---|"]
@@ -212,8 +213,7 @@ def write(rows: list[dict], args, st: dict, wall: float) -> None:
     if args.only is not None:
         cmd += (" --only " + " ".join(repr(x) for x in args.only)
                 + f" --tune-subsets {args.tune_subsets} --anchors " + " ".join(args.anchors))
-        prev = RESULTS / f"{name}.json"
-        meta = json.loads(prev.read_text())["meta"] if prev.exists() else {}
+        meta = (previous or {}).get("meta", {})
         commands = meta.get("commands", [meta["command"]] if "command" in meta else []) + [cmd]
     md = (f"# Side by side at defaults, setting {args.setting}\n\n"
           "Command" + ("s (later ones rerun or add the rows they match)" if len(commands) > 1
@@ -281,17 +281,17 @@ def main() -> None:
                     fit_s=0.0, query_s=(info.get("query_warm") or {}).get("total_s", 0))
         print(method, _fmt_ci(info), flush=True)
         rows.append(info)
-    if args.only is not None:
-        rows = _merged(rows, RESULTS / f"attribution_defaults_{args.setting}.json")
-    write(rows, args, st, time.perf_counter() - t_all)
+    previous = None
+    path = RESULTS / f"attribution_defaults_{args.setting}.json"
+    if args.only is not None and path.exists():
+        previous = json.loads(path.read_text())
+        rows = _merged(rows, previous["rows"])
+    write(rows, args, st, time.perf_counter() - t_all, previous)
 
 
-def _merged(rows: list[dict], path: Path) -> list[dict]:
+def _merged(rows: list[dict], old: list[dict]) -> list[dict]:
     """With ``--only``: the previous table's rows, those rerun replaced, new ones inserted
     before the tuned and anchor rows (so a partial rerun never drops measured rows)."""
-    if not path.exists():
-        return rows
-    old = json.loads(path.read_text())["rows"]
     for r in old:  # JSON keys are strings; the sweep is keyed by the damping factor
         if r.get("sweep"):
             r["sweep"] = {float(k): v for k, v in r["sweep"].items()}

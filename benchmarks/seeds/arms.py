@@ -104,6 +104,11 @@ def _subsample(prompts: dict, n: int, kind: str = "both") -> list:
     return pick(num, k_num) + pick(spa, k_spa)
 
 
+def _cycled(prompts: list, n: int) -> list:
+    """``n`` prompts, cycling through ``prompts`` in order."""
+    return (prompts * -(-n // len(prompts)))[:n]
+
+
 def _mining_judge(kind: str):
     if kind == "cnn":
         try:
@@ -235,14 +240,13 @@ def run(args: argparse.Namespace) -> dict:
             gen = _finetuned(base, images[keep], [caps[i] for i in keep], args, arm_dir)
         elif arm == "ft_oracle":
             rng = np.random.default_rng(30_000)
-            prompts = (train * -(-args.ft_images // len(train)))[: args.ft_images]
+            prompts = _cycled(train, args.ft_images)
             images = np.stack([scene_for_prompt(rng, p)[0] for p in prompts])
             n_train = len(prompts)
             gen = _finetuned(base, images, [p.text for p in prompts], args, arm_dir)
         elif arm in ("ft_top_seeds", "ft_top_seeds_rectified"):
-            reps = -(-args.ft_images // len(train))
             mode = "none" if arm == "ft_top_seeds" else "rectify"
-            meta = curate(base, (train * reps)[: args.ft_images], top, arm_dir / "curated",
+            meta = curate(base, _cycled(train, args.ft_images), top, arm_dir / "curated",
                           judge=judge, config=CurateConfig(mode=mode, batch_size=32,
                                                            progress=False))
             n_train = len(meta)

@@ -54,10 +54,16 @@ def quantise(image: np.ndarray, max_distance: float = 90.0) -> np.ndarray:
         max_distance: pixels farther than this (RGB Euclidean) from every palette entry are -1.
 
     """
-    d = np.linalg.norm(image[..., None, :].astype(float) - _PALETTE, axis=-1)
-    idx = d.argmin(-1)
-    ok = (idx < _N_COLOURS) & (d.min(-1) <= max_distance)
+    idx, dist = _nearest_palette(image)
+    ok = (idx < _N_COLOURS) & (dist <= max_distance)
     return np.where(ok, idx, -1)
+
+
+def _nearest_palette(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: index of the nearest palette entry (colours, then tints) and its distance."""
+    d = np.linalg.norm(images[..., None, :].astype(float) - _PALETTE, axis=-1)
+    idx = d.argmin(-1)
+    return idx, np.take_along_axis(d, idx[..., None], -1)[..., 0]
 
 
 def snap_to_palette(images: np.ndarray) -> np.ndarray:
@@ -75,9 +81,7 @@ def snap_to_palette(images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 (..., H, W, 3) images, got {images.dtype} "
                          f"{images.shape}")
-    d = np.linalg.norm(images[..., None, :].astype(np.float32) - _PALETTE.astype(np.float32),
-                       axis=-1)
-    return _PALETTE[d.argmin(-1)].astype(np.uint8)
+    return _PALETTE[_nearest_palette(images)[0]].astype(np.uint8)
 
 
 def classify(mask: np.ndarray) -> str | None:
