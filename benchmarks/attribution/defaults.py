@@ -6,9 +6,12 @@
 One run per setting, on the data, model, masks and retrained ground truth of the setting's
 own benchmark script (the ground-truth cache is shared through ``fisher_damping.SETTINGS``):
 
-* ``tamis lorif`` at its defaults (``Attributor(task, model, path)``: 64 x 64 projection
-  clipped to each layer, c = 1, r = 256, empirical Fisher, damping 1 x mean eigenvalue);
-* ``tamis lorif tuned``: :func:`tamis.attribution.tune` on its own retraining budget
+* ``tamis defaults``: ``Attributor(task, model, path)`` with nothing else (the ``ekfac``
+  preset of :mod:`tamis.attribution.presets`);
+* ``tamis lorif (paper preset)``: 64 x 64 projection clipped to each layer, c = 1, r = 256,
+  empirical Fisher, damping 1 x mean eigenvalue;
+* ``tamis tuned``: :func:`tamis.attribution.tune` (kinds EK-FAC and K-FAC) on the default
+  store with its own retraining budget
   (``--tune-subsets`` subsets drawn with another seed than the evaluation masks), then scored
   on the evaluation masks;
 * ``tamis logra`` (dense D x D inverse, same projection and Fisher) and ``tamis grad_dot``;
@@ -50,6 +53,7 @@ from tamis.attribution import (  # noqa: E402
 from tamis.attribution.build import build_store  # noqa: E402
 from tamis.attribution.evaluation import lds  # noqa: E402
 from tamis.attribution.fisher import source_for  # noqa: E402
+from tamis.attribution.presets import PRESETS  # noqa: E402
 from tamis.attribution.scoring import compute_scores  # noqa: E402
 from tamis.attribution.tuning import TuneConfig, _with_damping, tune  # noqa: E402
 
@@ -58,12 +62,17 @@ DEFAULT_PROJ = ProjectionConfig()
 NO_PROJ = ProjectionConfig(kind="identity")
 PROJ_256 = ProjectionConfig(d1=256, d2=256)
 AUTO_PROJ = ProjectionConfig(identity_up_to=1024)  # sides <= 1024 unprojected, larger to 64
+TUNED_LABEL = "tamis tuned (tune() on the default store: kind, Fisher, damping)"
+DEFAULT_LABEL = "tamis defaults (Attributor(task, model, path): ekfac preset)"
 
 
 def configurations(sequence: bool) -> list[dict]:
     """The tamis rows: label, store (projection, c, dense) and curvature config."""
+    ek = PRESETS["ekfac"]
     rows = [
-        {"label": "tamis lorif (defaults)", "proj": DEFAULT_PROJ, "c": 1,
+        {"label": DEFAULT_LABEL, "proj": ek.projection, "c": ek.factors.rank,
+         "max_numbers": ek.factors.max_numbers, "curv": ek.curvature},
+        {"label": "tamis lorif (paper preset)", "proj": DEFAULT_PROJ, "c": 1,
          "curv": CurvatureConfig()},
         {"label": "tamis lorif, true Fisher", "proj": DEFAULT_PROJ, "c": 1,
          "curv": CurvatureConfig(fisher="true")},
@@ -106,6 +115,19 @@ def configurations(sequence: bool) -> list[dict]:
             rows.append({"label": f"tamis ekfac, true Fisher, unprojected, c={c}",
                          "proj": NO_PROJ, "c": c,
                          "curv": CurvatureConfig(kind="ekfac", fisher="true")})
+        for c in (1, 8):  # curvature-aware truncation of the per-example gradients
+            for proj, name in ((AUTO_PROJ, "sides <= 1024 unprojected"),
+                               (DEFAULT_PROJ, "projected")):
+                for td in (0.1, 1.0):
+                    rows.append({"label": f"tamis ekfac, empirical Fisher, {name}, c={c}, "
+                                          f"whitened truncation (delta {td:g})",
+                                 "proj": proj, "c": c, "trunc": ("whitened", td),
+                                 "curv": CurvatureConfig(kind="ekfac", fisher="empirical")})
+    for c in ((8, 16) if sequence else (16,)):  # factor pairs capped by dense 64 x 64 size
+        rows.append({"label": f"tamis ekfac, empirical Fisher, sides <= 1024 unprojected, "
+                              f"c={c}, <= 4096 numbers / layer",
+                     "proj": AUTO_PROJ, "c": c, "max_numbers": 4096,
+                     "curv": CurvatureConfig(kind="ekfac", fisher="empirical")})
     return rows
 
 
@@ -119,13 +141,19 @@ def _store_bytes(store) -> float:
     return sum(p.stat().st_size for p in store.path.glob("shard-*.npy")) / store.num_examples
 
 
+def _factor_config(spec: dict) -> FactorConfig:
+    kind, delta = spec.get("trunc", ("frobenius", 1.0))
+    return FactorConfig(spec["c"], "float16", truncation=kind, truncation_damping=delta,
+                        max_numbers=spec.get("max_numbers"))
+
+
 def run_tamis(st: dict, spec: dict, work: Path, threads: int) -> tuple[dict, object, object]:
     """Build, fit, score one row; LDS at its damping and over the sweep."""
     task, model, train, queries = st["task"], st["model"], st["train"], st["queries"]
     bs = st["batch_size"]
     t0 = time.perf_counter()
     store = build_store(task, model, train, work / spec["label"].replace(" ", "_").replace(
-        ",", ""), spec["proj"], FactorConfig(spec["c"], "float16"),
+        ",", "").replace("/", "_"), spec["proj"], _factor_config(spec),
         BuildConfig(batch_size=bs, progress=False), overwrite=True)
     t_build = time.perf_counter() - t0
     cfg = replace(spec["curv"], fisher_batch_size=bs)
@@ -159,7 +187,7 @@ def run_tuned(st: dict, store, n_subsets: int) -> dict:
     """tune() on its own masks (seed 1), then the chosen curvature on the evaluation masks."""
     task, model, train, queries = st["task"], st["model"], st["train"], st["queries"]
     t0 = time.perf_counter()
-    cfg = TuneConfig(n_subsets=n_subsets, seed=1, n_seeds=1)
+    cfg = TuneConfig(n_subsets=n_subsets, seed=1, n_seeds=1, kinds=("ekfac", "kfac"))
     result = tune(task, model, train, queries, store, st["retrain"], cfg,
                   cache_dir=st["cache"] / "tune", setting={**st["setting"], "tune_seed": 1},
                   progress=False)
@@ -169,12 +197,14 @@ def run_tuned(st: dict, store, n_subsets: int) -> dict:
                          source_for(curv_cfg, task, model, train, store))
     s = compute_scores(task, model, queries, store, curv,
                        ScoreConfig(progress=False, top_k=1), torch.float32).scores
-    row = {"method": "tamis lorif tuned", "kind": "lowrank", "fisher": curv_cfg.fisher,
-           "projection": "gaussian", "c": 1, "damping": curv_cfg.damping, "rank": curv_cfg.rank,
+    row = {"method": TUNED_LABEL, "kind": curv_cfg.kind, "fisher": curv_cfg.fisher,
+           "projection": "preset", "c": store.rank, "damping": curv_cfg.damping,
+           "rank": curv_cfg.rank,
            **_lds(s, st["masks"], st["truth"]), "bytes_per_example": _store_bytes(store),
            "curvature_bytes": curv.memory_bytes, "tune_s": t_tune,
            "tune_subsets": n_subsets, "tuning_lds": result.best["lds"]}
-    print(f"tuned: {curv_cfg.fisher} r={curv_cfg.rank} damping={curv_cfg.damping:g}: LDS "
+    print(f"tuned: {curv_cfg.kind} {curv_cfg.fisher} r={curv_cfg.rank} "
+          f"damping={curv_cfg.damping:g}: LDS "
           f"{row['lds']:.3f} (tuning LDS {result.best['lds']:.3f}, {t_tune:.0f}s)", flush=True)
     return row
 
@@ -268,7 +298,7 @@ def main() -> None:
             continue
         row, store, _ = run_tamis(st, spec, work, args.threads)
         rows.append(row)
-        if spec["label"] == "tamis lorif (defaults)":
+        if spec["label"] == DEFAULT_LABEL:
             default_store = store
     if default_store is not None and args.tune_subsets:
         rows.append(run_tuned(st, default_store, args.tune_subsets))
@@ -297,7 +327,8 @@ def _merged(rows: list[dict], old: list[dict]) -> list[dict]:
             r["sweep"] = {float(k): v for k, v in r["sweep"].items()}
     new = {r["method"]: r for r in rows}
     out = [new.pop(r["method"], r) for r in old]
-    cut = next((i for i, r in enumerate(out) if r["method"] == "tamis lorif tuned"
+    tuned = ("tamis tuned", "tamis lorif tuned")
+    cut = next((i for i, r in enumerate(out) if r["method"].startswith(tuned)
                 or "(defaults)" in r["method"] and not r["method"].startswith("tamis")),
                len(out))
     return out[:cut] + list(new.values()) + out[cut:]

@@ -141,10 +141,54 @@ def test_cli_errors_are_named(tmp_path):
 
 
 def test_zero_argument_attributor_runs_on_a_small_classifier(tmp_path):
-    """The defaults (d1 = d2 = 64, r = 64) on layers narrower than 64: clipped, recorded."""
-    att = Attributor(ClassificationTask(), mlp(), tmp_path / "s").fit(classification_data(15))
+    """The paper's preset (d1 = d2 = 64) on layers narrower than 64: clipped, recorded."""
+    att = Attributor(ClassificationTask(), mlp(), tmp_path / "s", method="lorif").fit(
+        classification_data(15))
     layers = att.store.layers
     assert all(lay["clipped"] for lay in layers)
     assert all(lay["d1"] <= lay["in_dim"] and lay["d2"] <= lay["out_dim"] for lay in layers)
     scores = att.score(classification_data(4)).scores
     assert scores.shape == (4, 15) and np.isfinite(np.asarray(scores)).all()
+
+
+def test_default_preset_is_unprojected_ekfac_on_small_layers(tmp_path):
+    """``Attributor(task, model, path)`` is EK-FAC with sides <= 1024 unprojected: on a small
+    model it equals the explicit identity-projection EK-FAC, and the store records it."""
+    from tamis.attribution.presets import PRESETS, curvature_kind_for
+
+    data, queries = classification_data(15), classification_data(4, seed=3)
+    default = Attributor(ClassificationTask(), mlp(), tmp_path / "d", build=QUIET,
+                         dtype="float64", compute_dtype=torch.float64).fit(data)
+    assert default.method == "ekfac" and default.store.manifest["preset"] == "ekfac"
+    assert curvature_kind_for(default.store.manifest) == "ekfac"
+    assert all(lay["rank"] == 1 for lay in default.store.layers)  # no sequence axis
+    explicit = Attributor(ClassificationTask(), mlp(), tmp_path / "e", method="ekfac",
+                          projection=ProjectionConfig(kind="identity"), rank_c=1,
+                          build=QUIET, dtype="float64", compute_dtype=torch.float64).fit(data)
+    cfg = ScoreConfig(progress=False)
+    torch.testing.assert_close(default.score(queries, cfg).scores,
+                               explicit.score(queries, cfg).scores)
+    assert PRESETS["lorif"].factors.rank == 1 and PRESETS["lorif"].curvature.kind == "lowrank"
+    assert curvature_kind_for({"rank": None}) == "dense"
+    assert curvature_kind_for({"rank": 1}) == "lowrank"
+
+
+def test_cli_query_auto_uses_the_preset_the_store_was_built_for(tmp_path):
+    runner = CliRunner()
+    outs = {}
+    for method in ("ekfac", "lorif"):
+        store = str(tmp_path / method)
+        res = runner.invoke(app, ["attribute", "build", "--task", TASK_FILE, "--store", store,
+                                  "--method", method, "--dtype", "float32"])
+        assert res.exit_code == 0, res.output
+        for curvature in ("auto", "ekfac" if method == "ekfac" else "lowrank"):
+            out = tmp_path / f"{method}-{curvature}.npz"
+            res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store",
+                                      store, "--out", str(out), "--curvature", curvature])
+            assert res.exit_code == 0, res.output
+            outs[method, curvature] = np.load(out)["scores"]
+    np.testing.assert_allclose(outs["ekfac", "auto"], outs["ekfac", "ekfac"])
+    np.testing.assert_allclose(outs["lorif", "auto"], outs["lorif", "lowrank"])
+    res = runner.invoke(app, ["attribute", "build", "--task", TASK_FILE, "--store",
+                              str(tmp_path / "x"), "--method", "lorfi"])
+    assert res.exit_code == 2 and "method must be one of" in res.output

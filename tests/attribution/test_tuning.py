@@ -85,8 +85,11 @@ def test_cli_tune_then_query_tuned(tmp_path):
                               "--subsets", "5", "--ranks", "2", "--dampings", "0.1,10",
                               "--fishers", "empirical"])
     assert res.exit_code == 0, res.output
-    best = json.loads((tmp_path / "store" / "tuning.json").read_text())["best"]
+    tuning = json.loads((tmp_path / "store" / "tuning.json").read_text())
+    best = tuning["best"]
     assert f"damping={best['damping']:g}" in " ".join(res.output.split())
+    # --kinds auto on a store built for the (default) EK-FAC preset searches Kronecker kinds
+    assert {row["kind"] for row in tuning["table"]} == {"ekfac", "kfac"}
     out = tmp_path / "s.npz"
     res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", store,
                               "--tuned", "--out", str(out)])

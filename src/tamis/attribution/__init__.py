@@ -8,8 +8,9 @@ The engine, in the order data flows through it:
 3. :func:`fit_curvature` -- streaming randomized SVD + Woodbury preconditioner.
 4. :func:`compute_scores` / :func:`self_influence` -- precondition queries, stream the store.
 
-:class:`Attributor` wraps the four steps with method presets (``lorif``, ``logra``,
-``grad_dot``, ``grad_cos``).
+:class:`Attributor` wraps the four steps with method presets
+(:mod:`~tamis.attribution.presets`): ``ekfac`` (the default, chosen by measurement), ``kfac``,
+``lorif`` (the paper's), ``logra``, ``grad_dot``, ``grad_cos``.
 """
 
 from tamis.attribution.build import build_store, model_fingerprint, query_gradients
@@ -30,11 +31,16 @@ from tamis.attribution.errors import (
 )
 from tamis.attribution.fisher import FisherSource, sampled_cross_entropy
 from tamis.attribution.methods import METHODS, Attributor
+from tamis.attribution.presets import DEFAULT_METHOD, PRESETS, Preset, preset
 from tamis.attribution.scoring import ScoreResult, compute_scores, score_gradients, self_influence
 from tamis.attribution.store import FactorStore
 from tamis.attribution.task import AttributionTask
 
 __all__ = [
+    "DEFAULT_METHOD",
+    "PRESETS",
+    "Preset",
+    "preset",
     "FisherSource",
     "sampled_cross_entropy",
     "METHODS",

@@ -19,8 +19,22 @@ from tamis.attribution.config import BuildConfig, FactorConfig, ProjectionConfig
 from tamis.attribution.data import dataset_length, iter_batches
 from tamis.attribution.errors import NonFiniteError
 from tamis.attribution.factors import dense_gradients, low_rank_factors
-from tamis.attribution.store import FORMAT, VERSION, FactorStore, StoreWriter, row_layout, to_numpy
+from tamis.attribution.store import (
+    FORMAT,
+    METRIC_FILE,
+    VERSION,
+    FactorStore,
+    StoreWriter,
+    row_layout,
+    to_numpy,
+)
 from tamis.attribution.task import AttributionTask
+from tamis.attribution.truncation import (
+    Whitening,
+    covariance_sums,
+    whitened_factors,
+    whitening,
+)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -46,8 +60,14 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def rows_from_capture(captured: dict, layout: list[dict]) -> tuple[torch.Tensor, dict]:
-    """Per-example store rows (B, row_length) and summed retained energy per layer."""
+def rows_from_capture(
+    captured: dict, layout: list[dict], metric: dict | None = None
+) -> tuple[torch.Tensor, dict]:
+    """Per-example store rows (B, row_length) and summed retained energy per layer.
+
+    ``metric`` maps a layer name to its (input, output) :class:`Whitening` for the
+    ``"whitened"`` truncation; layers missing from it use the Frobenius truncation.
+    """
     parts, energy = [], {}
     for lay in layout:
         cap = captured[lay["name"]]
@@ -55,7 +75,10 @@ def rows_from_capture(captured: dict, layout: list[dict]) -> tuple[torch.Tensor,
             parts.append(dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1))
             energy[lay["name"]] = float(cap.a.shape[0])
         else:
-            f = low_rank_factors(cap.a, cap.b, lay["rank"])
+            if metric and lay["name"] in metric:
+                f = whitened_factors(cap.a, cap.b, lay["rank"], *metric[lay["name"]])
+            else:
+                f = low_rank_factors(cap.a, cap.b, lay["rank"])
             parts += [f.left.reshape(f.left.shape[0], -1), f.right.reshape(f.right.shape[0], -1)]
             energy[lay["name"]] = float(f.energy.sum())
     return torch.cat(parts, dim=1), energy
@@ -83,6 +106,7 @@ def build_store(
     build: BuildConfig | None = None,
     collate_fn: Callable[[Sequence[Any]], Any] | None = None,
     overwrite: bool = False,
+    preset: str | None = None,
 ) -> FactorStore:
     """Capture per-example projected gradients of ``dataset`` and write them to ``path``.
 
@@ -102,6 +126,8 @@ def build_store(
         build: Batch and shard sizes, compute precision, progress bars.
         collate_fn: Builds a batch from a list of examples (default: torch's default_collate).
         overwrite: Replace an incompatible store already at ``path``.
+        preset: The method preset the store was built for (recorded in the manifest, so
+            ``tamis attribute query --curvature auto`` picks that method's curvature).
 
     Returns:
         The complete :class:`FactorStore`.
@@ -120,7 +146,8 @@ def build_store(
             iter_batches(dataset, 0, min(n, build.batch_size), build.batch_size, collate_fn)
         )
         _capture_at(capture, task, probe, 0)
-    layout = row_layout(specs, rank, frozenset(k for k, v in capture.flat_input.items() if v))
+    layout = row_layout(specs, rank, frozenset(k for k, v in capture.flat_input.items() if v),
+                        factors.max_numbers)
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -134,6 +161,10 @@ def build_store(
         "projection": projection_header(projection),
         "model_fingerprint": model_fingerprint(model),
     }
+    if preset is not None:
+        header["preset"] = preset
+    if factors.truncation != "frobenius":  # absent for the default: old stores stay valid
+        header["truncation"] = {"kind": factors.truncation, "damping": factors.truncation_damping}
     rank_id, world = _process_group()
     if rank_id == 0:
         writer = StoreWriter(Path(path), header, overwrite=overwrite)
@@ -144,6 +175,10 @@ def build_store(
         return FactorStore(writer.path, writer.manifest)
     starts = list(range(0, n, build.shard_size))
     todo = [i for i in range(len(starts)) if i % world == rank_id and i not in writer.done]
+    metric = None
+    if factors.truncation == "whitened":
+        metric = _truncation_metric(writer.path, task, capture, dataset, layout, factors, build,
+                                    collate_fn, starts, rank_id, world)
     label = f"build {header['kind']} store" + (f" (rank {rank_id}/{world})" if world > 1 else "")
     with eval_mode(model):
         for index in track(todo, label, len(todo), build.progress):
@@ -152,7 +187,7 @@ def build_store(
             batches = iter_batches(dataset, start, stop, build.batch_size, collate_fn)
             for i, batch in enumerate(batches):
                 captured = _capture_at(capture, task, batch, start + i * build.batch_size)
-                r, e = rows_from_capture(captured, layout)
+                r, e = rows_from_capture(captured, layout, metric)
                 rows.append(to_numpy(r, factors.dtype))
                 for k, v in e.items():
                     energy[k] += v
@@ -168,6 +203,66 @@ def build_store(
         writer.finish(len(starts))
     _barrier(world)
     return FactorStore.open(path, verify=False)
+
+
+def _truncation_metric(
+    path: Path, task: AttributionTask, capture: GradientCapture, dataset: Any,
+    layout: list[dict], factors: FactorConfig, build: BuildConfig,
+    collate_fn: Callable[[Sequence[Any]], Any] | None, starts: list[int], rank_id: int,
+    world: int,
+) -> dict[str, tuple[Whitening, Whitening]]:
+    """Whitening per truncated layer from the covariances of one pass over the data.
+
+    Written once to ``METRIC_FILE`` in the store folder (atomic), so a resumed build reuses
+    the same metric. Under torch.distributed each rank sums its shards and the sums are
+    all-reduced, so every rank holds the same metric as a single-process build.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from tamis._io import atomic_path
+
+    names = [lay["name"] for lay in layout if lay["rank"] is not None]
+    file = path / METRIC_FILE
+    if file.exists():
+        try:
+            t = load_file(str(file))
+            covs = {n: (t[f"{n}.in"], t[f"{n}.out"]) for n in names}
+        except Exception as err:  # corrupted or foreign file: name it, never guess
+            raise ValueError(f"cannot read the truncation metric {file}: {err}; delete it "
+                             "to recompute") from err
+    else:
+        sums = {lay["name"]: [torch.zeros(lay["d1"], lay["d1"], dtype=torch.float64),
+                              torch.zeros(lay["d2"], lay["d2"], dtype=torch.float64)]
+                for lay in layout if lay["rank"] is not None}
+        n = dataset_length(dataset)
+        mine = [i for i in range(len(starts)) if i % world == rank_id]
+        with eval_mode(capture.model):
+            for index in track(mine, "truncation metric (covariances)", len(mine),
+                               build.progress):
+                start, stop = starts[index], min(starts[index] + build.shard_size, n)
+                for i, batch in enumerate(iter_batches(dataset, start, stop, build.batch_size,
+                                                       collate_fn)):
+                    captured = _capture_at(capture, task, batch, start + i * build.batch_size)
+                    for name, (ca, cb, _) in covariance_sums(captured).items():
+                        if name in sums:
+                            sums[name][0] += ca.double()
+                            sums[name][1] += cb.double()
+        covs = {}
+        for name in names:
+            ca, cb = sums[name]
+            if world > 1:
+                dist.all_reduce(ca)
+                dist.all_reduce(cb)
+            covs[name] = (ca, cb)
+        if rank_id == 0:
+            flat = {f"{k}.{side}": v[j].contiguous() for k, v in covs.items()
+                    for j, side in enumerate(("in", "out"))}
+            with atomic_path(file, suffix=".safetensors") as tmp:
+                save_file(flat, str(tmp))
+    dtype = _DTYPES[build.compute_dtype]
+    return {name: (whitening(ca, factors.truncation_damping).to(dtype),
+                   whitening(cb, factors.truncation_damping).to(dtype))
+            for name, (ca, cb) in covs.items()}
 
 
 def _process_group() -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,13 @@ from tamis.attribution.build import build_store
 from tamis.attribution.config import (
     BuildConfig,
     CurvatureConfig,
-    FactorConfig,
-    ProjectionConfig,
     ScoreConfig,
     to_dict,
 )
 from tamis.attribution.curvature import Curvature, fit_curvature
 from tamis.attribution.errors import AttributionError
 from tamis.attribution.examples import load_factory
+from tamis.attribution.presets import DEFAULT_METHOD, curvature_kind_for, preset
 from tamis.attribution.scoring import compute_scores
 from tamis.attribution.store import FactorStore
 
@@ -49,12 +49,24 @@ def build(
     task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
-    d1: int = typer.Option(64, help="Projected input dimension per layer."),
-    d2: int = typer.Option(64, help="Projected output-gradient dimension per layer."),
+    method: str = typer.Option(
+        DEFAULT_METHOD, help="Preset the store is built for: ekfac (default) | kfac | lorif "
+        "(the paper's: 64 x 64, c = 1) | logra (dense) | grad_dot | grad_cos. Options "
+        "given below override it; `query --curvature auto` uses its curvature."),
+    d1: int | None = typer.Option(None, help="Projected input dimension per layer [preset]."),
+    d2: int | None = typer.Option(None, help="Projected output-gradient dimension [preset]."),
+    identity_up_to: int | None = typer.Option(
+        None, help="Keep layer sides of at most this size unprojected [preset: 1024 for "
+        "ekfac/kfac, none otherwise; 0 = project every side]."),
     seed: int = typer.Option(0, help="Projection seed."),
     projection: str = typer.Option("gaussian", help="gaussian | rademacher | identity."),
     clip: bool = typer.Option(True, help="Clip d1/d2 to small layers instead of failing."),
-    rank_c: int = typer.Option(1, help="Rank c of the stored factors."),
+    rank_c: int | None = typer.Option(
+        None, help="Rank c of the stored factors, used as given [preset: 16, at most 4096 "
+        "numbers per layer, for ekfac/kfac; 1 otherwise]."),
+    truncation: str = typer.Option(
+        "frobenius", help="frobenius | whitened (keep the rank-c part that matters under "
+        "the K-FAC metric; one extra pass)."),
     dense: bool = typer.Option(False, help="Store dense d1 x d2 gradients (LoGRA baseline)."),
     dtype: str = typer.Option("float16", help="float16 | bfloat16 | float32 | float64."),
     batch_size: int = typer.Option(64, help="Examples per forward/backward pass."),
@@ -68,16 +80,26 @@ def build(
     """
     _init_distributed()
     try:
+        p = preset("logra" if dense else method)
+        proj = replace(p.projection, seed=seed, kind=projection, clip_to_layer=clip,
+                       **({"d1": d1} if d1 is not None else {}),
+                       **({"d2": d2} if d2 is not None else {}))
+        if identity_up_to is not None:
+            proj = replace(proj, identity_up_to=identity_up_to or None)
+        factors = replace(p.factors, dtype=dtype, truncation=truncation)
+        if rank_c is not None and not factors.dense:
+            factors = replace(factors, rank=rank_c, max_numbers=None)
         b = _bundle(task, cache_dir, data_dir)
         s = build_store(
             b.task,
             b.model,
             b.train,
             store,
-            ProjectionConfig(d1=d1, d2=d2, seed=seed, kind=projection, clip_to_layer=clip),
-            FactorConfig(rank=None if dense else rank_c, dtype=dtype),
+            proj,
+            factors,
             BuildConfig(batch_size=batch_size, shard_size=shard_size),
             overwrite=overwrite,
+            preset="logra" if dense else method,
         )
     except (AttributionError, ValueError, FileNotFoundError) as err:
         _fail(err)
@@ -122,8 +144,9 @@ def query(
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
     curvature: str = typer.Option(
-        "auto", help="auto | lowrank | dense | identity | ekfac | kfac (Kronecker: extra "
-        "passes over the task's training data)."),
+        "auto", help="auto (the store's preset: ekfac, lowrank for lorif, dense for logra, "
+        "...) | lowrank | dense | identity | ekfac | kfac (Kronecker: extra passes over the "
+        "task's training data)."),
     rank_r: int = typer.Option(256, help="Curvature rank r (lowrank; clipped to D)."),
     damping: float = typer.Option(1.0, help="Damping lambda (relative: x mean eigenvalue)."),
     damping_mode: str = typer.Option("relative", help="relative (x mean eigenvalue) | absolute."),
@@ -144,7 +167,7 @@ def query(
 
     try:
         s = FactorStore.open(store)
-        kind = curvature if curvature != "auto" else ("dense" if s.rank is None else "lowrank")
+        kind = curvature if curvature != "auto" else curvature_kind_for(s.manifest)
         cfg = CurvatureConfig(
             kind=kind,
             rank=rank_r,
@@ -221,14 +244,20 @@ def tune(
     dampings: str = typer.Option("0.01,0.1,0.3,1,3,10,100", help="Relative dampings to try."),
     ranks: str = typer.Option("32,128,512", help="Curvature ranks r to try."),
     fishers: str = typer.Option("empirical,true", help="Fisher kinds to try."),
-    kinds: str = typer.Option("lowrank,ekfac", help="Curvature kinds to try (lowrank, ekfac, "
-                              "kfac; r applies to lowrank)."),
+    kinds: str = typer.Option(
+        "auto", help="Curvature kinds to try (lowrank, ekfac, kfac; r applies to lowrank). "
+        "auto: ekfac,kfac for a store built for a Kronecker preset (its unprojected layers "
+        "are too large for a rank-r SVD), lowrank,ekfac otherwise."),
 ) -> None:
     """Pick the curvature kind, Fisher, rank and damping of highest LDS; write tuning.json."""
     from tamis.attribution.tuning import TuneConfig
     from tamis.attribution.tuning import tune as run_tune
 
     try:
+        s = FactorStore.open(store)
+        if kinds == "auto":
+            kronecker = curvature_kind_for(s.manifest) in ("ekfac", "kfac")
+            kinds = "ekfac,kfac" if kronecker else "lowrank,ekfac"
         cfg = TuneConfig(
             dampings=tuple(float(x) for x in dampings.split(",")),
             ranks=tuple(int(x) for x in ranks.split(",")),
@@ -236,7 +265,6 @@ def tune(
             kinds=tuple(x.strip() for x in kinds.split(",")),
             n_subsets=subsets,
         )
-        s = FactorStore.open(store)
         b = _bundle(task, cache_dir, data_dir)
         if b.retrain is None:
             raise AttributionError(

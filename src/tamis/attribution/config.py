@@ -71,17 +71,39 @@ class FactorConfig:
             the per-example gradient has rank <= c (rank 1 for non-sequence inputs).
             ``None`` stores the dense d1 x d2 matrix instead (the LoGRA baseline).
         dtype: On-disk dtype of the factors.
+        truncation: Which rank-c approximation of a per-example gradient of rank > c is
+            kept: ``"frobenius"`` (the best in the plain Frobenius norm; the paper's) or
+            ``"whitened"`` (the best in the K-FAC metric of the inverse curvature,
+            (C_in + delta)^-1/2 G (C_out + delta)^-1/2, from the layer's input and
+            output-gradient covariances; one extra pass over the data before the build, see
+            :mod:`tamis.attribution.truncation`). Exact gradients (rank <= c) are stored
+            exactly either way.
+        truncation_damping: delta of the whitened metric, relative to the mean eigenvalue of
+            each covariance.
+        max_numbers: If set, a layer keeps at most max(1, max_numbers // (d1 + d2)) factor
+            pairs, so no layer's factors hold more numbers than this; e.g. 4096 = the
+            dense 64 x 64 LoGRA gradient, which bounds the store by dense LoGRA's on any
+            model while small layers keep up to ``rank`` pairs. ``None``: no cap.
 
     """
 
     rank: int | None = 1
     dtype: StoreDtype = "float16"
+    truncation: Literal["frobenius", "whitened"] = "frobenius"
+    truncation_damping: float = 1.0
+    max_numbers: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.rank is None or self.rank >= 1, f"rank c must be >= 1, got {self.rank}")
         _check(
             self.dtype in STORE_DTYPES, f"dtype must be one of {STORE_DTYPES}, got {self.dtype!r}"
         )
+        _check(self.truncation in ("frobenius", "whitened"),
+               f"truncation must be 'frobenius' or 'whitened', got {self.truncation!r}")
+        _check(self.truncation_damping > 0,
+               f"truncation_damping must be > 0, got {self.truncation_damping}")
+        _check(self.max_numbers is None or self.max_numbers >= 1,
+               f"max_numbers must be None or >= 1, got {self.max_numbers}")
 
     @property
     def dense(self) -> bool:

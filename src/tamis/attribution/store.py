@@ -32,6 +32,7 @@ from tamis.attribution.projection import LayerSpec
 
 FORMAT = "tamis.attribution.store"
 VERSION = 1
+METRIC_FILE = "truncation-metric.safetensors"  # the whitened truncation's covariances
 MANIFEST = "manifest.json"
 
 _NUMPY_DTYPES = {
@@ -75,16 +76,21 @@ def to_numpy(rows: torch.Tensor, dtype_name: str) -> np.ndarray:
 
 
 def row_layout(
-    specs: list[LayerSpec], rank: int | None, rank_one: frozenset[str] = frozenset()
+    specs: list[LayerSpec], rank: int | None, rank_one: frozenset[str] = frozenset(),
+    max_numbers: int | None = None,
 ) -> list[dict]:
     """Per-layer offsets within a row: L then R for LoRIF, G for dense.
 
     A layer's rank is min(c, d1, d2) (a d1 x d2 matrix has no more singular values), and 1
-    for the layers in ``rank_one`` (Linear layers without a sequence axis, T = 1).
+    for the layers in ``rank_one`` (Linear layers without a sequence axis, T = 1). With
+    ``max_numbers`` it is also at most max(1, max_numbers // (d1 + d2)), so a layer's factors
+    never hold more numbers than that (at least one factor pair).
     """
     layout, offset = [], 0
     for s in specs:
         c = None if rank is None else (1 if s.name in rank_one else min(rank, s.d1, s.d2))
+        if c is not None and max_numbers is not None:
+            c = min(c, max(1, max_numbers // (s.d1 + s.d2)))
         length = s.dim if c is None else c * (s.d1 + s.d2)
         layout.append({**s.to_dict(), "rank": c, "offset": offset, "length": length})
         offset += length
@@ -309,7 +315,7 @@ class StoreWriter:
     """
 
     KEYS = ("kind", "rank", "dtype", "num_examples", "shard_size", "layers", "projection",
-            "model_fingerprint", "row_length")
+            "model_fingerprint", "row_length", "truncation")
 
     def __init__(self, path: Path, header: dict, overwrite: bool = False,
                  process_rank: int = 0) -> None:
@@ -331,7 +337,9 @@ class StoreWriter:
             if process_rank != 0:
                 raise StoreError(f"rank {process_rank} found no manifest in {self.path}")
             self.manifest = {**header, "shards": [], "complete": False, "created": time.time()}
-            for old_file in [*self.path.glob("shard-*.npy"), *self.path.glob("shard-*.json")]:
+            stale = [*self.path.glob("shard-*.npy"), *self.path.glob("shard-*.json"),
+                     *self.path.glob(METRIC_FILE)]
+            for old_file in stale:
                 old_file.unlink()
             write_json_atomic(existing, self.manifest)
 
