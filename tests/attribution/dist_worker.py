@@ -25,3 +25,47 @@ def build_rank(rank: int, world: int, path: str, port: int) -> None:
         )
     finally:
         dist.destroy_process_group()
+
+
+def pipeline_rank(rank: int, world: int, store_path: str, out_dir: str, port: int) -> None:
+    """Fit every store-streamed curvature, score and self-influence on this rank's shards."""
+    from tamis.attribution import (
+        FactorStore,
+        ScoreConfig,
+        compute_scores,
+        fit_curvature,
+        self_influence,
+    )
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        store = FactorStore.open(store_path)
+        out = {}
+        for name, cfg in curvature_configs().items():
+            curv = fit_curvature(store, cfg, torch.float64, progress=False)
+            res = compute_scores(SequenceTask(), tiny_lm(), token_data(5, seed=7), store, curv,
+                                 ScoreConfig(progress=False, top_k=3), torch.float64)
+            out[f"{name}.scores"] = res.scores
+            out[f"{name}.helpful"] = res.helpful.indices
+            out[f"{name}.harmful"] = res.harmful.indices
+            out[f"{name}.self"] = self_influence(store, curv, dtype=torch.float64,
+                                                 progress=False)
+            out[f"{name}.passes"] = torch.tensor(curv.extra["passes"])
+        torch.save(out, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def curvature_configs() -> dict:
+    """The store-streamed curvatures the distributed test compares with one process."""
+    from tamis.attribution import CurvatureConfig
+
+    return {
+        "lowrank": CurvatureConfig(rank=3, oversample=2, power_iters=2, chunk_size=3),
+        "nystrom": CurvatureConfig(rank=3, oversample=2, method="nystrom", chunk_size=3),
+        "dense": CurvatureConfig(kind="dense", chunk_size=3),
+        "identity": CurvatureConfig(kind="identity", damping=0.5),
+        "model": CurvatureConfig(rank=4, granularity="model", chunk_size=5),
+    }

@@ -1,13 +1,14 @@
-"""A build under torch.distributed (2 gloo ranks) equals the single-process build."""
+"""The pipeline under torch.distributed (2 gloo ranks) equals the single-process run."""
 
 from __future__ import annotations
 
 import json
 import socket
 
+import torch
 import torch.multiprocessing as mp
 
-from attribution.dist_worker import build_rank
+from attribution.dist_worker import build_rank, curvature_configs, pipeline_rank
 from attribution.testable_tasks import SequenceTask, tiny_lm, token_data
 from tamis.attribution import BuildConfig, FactorConfig, FactorStore, ProjectionConfig, build_store
 
@@ -34,3 +35,30 @@ def test_two_rank_build_equals_single_process(tmp_path):
     for a, b in zip(single.manifest["shards"], two.manifest["shards"]):
         assert a["sha256"] == b["sha256"] and a["start"] == b["start"]
     assert json.dumps(single.energy(), sort_keys=True) == json.dumps(two.energy(), sort_keys=True)
+
+
+def test_two_rank_curvature_scores_and_self_influence_equal_single_process(tmp_path):
+    """Each rank streams its own shards; the all-reduced curvature, the merged scores, top-k
+    and self-influence equal one process (float64, summation order only), on both ranks."""
+    from tamis.attribution import ScoreConfig, compute_scores, fit_curvature, self_influence
+
+    store = build_store(SequenceTask(), tiny_lm(), token_data(23), tmp_path / "s",
+                        ProjectionConfig(d1=4, d2=4, seed=2), FactorConfig(2, "float64"),
+                        BuildConfig(batch_size=3, shard_size=4, compute_dtype="float64",
+                                    progress=False))
+    assert len(store.manifest["shards"]) == 6
+    mp.spawn(pipeline_rank, args=(2, str(tmp_path / "s"), str(tmp_path), _free_port()),
+             nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for name, cfg in curvature_configs().items():
+        curv = fit_curvature(store, cfg, torch.float64, progress=False)
+        res = compute_scores(SequenceTask(), tiny_lm(), token_data(5, seed=7), store, curv,
+                             ScoreConfig(progress=False, top_k=3), torch.float64)
+        own = self_influence(store, curv, dtype=torch.float64, progress=False)
+        for out in ranks:
+            torch.testing.assert_close(out[f"{name}.scores"], res.scores, rtol=1e-9,
+                                       atol=1e-12)
+            torch.testing.assert_close(out[f"{name}.self"], own, rtol=1e-9, atol=1e-12)
+            assert torch.equal(out[f"{name}.helpful"], res.helpful.indices), name
+            assert torch.equal(out[f"{name}.harmful"], res.harmful.indices), name
+            assert int(out[f"{name}.passes"]) == curv.extra["passes"]

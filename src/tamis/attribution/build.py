@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from tamis._progress import track
 from tamis.attribution.capture import GradientCapture, resolve_layers
 from tamis.attribution.config import BuildConfig, FactorConfig, ProjectionConfig, to_dict
 from tamis.attribution.data import dataset_length, iter_batches
+from tamis.attribution.distributed import all_reduce_sum, barrier, process_group
 from tamis.attribution.errors import NonFiniteError
 from tamis.attribution.factors import dense_gradients, low_rank_factors
 from tamis.attribution.store import (
@@ -165,10 +165,10 @@ def build_store(
         header["preset"] = preset
     if factors.truncation != "frobenius":  # absent for the default: old stores stay valid
         header["truncation"] = {"kind": factors.truncation, "damping": factors.truncation_damping}
-    rank_id, world = _process_group()
+    rank_id, world = process_group()
     if rank_id == 0:
         writer = StoreWriter(Path(path), header, overwrite=overwrite)
-    _barrier(world)
+    barrier()
     if rank_id != 0:
         writer = StoreWriter(Path(path), header, overwrite=False, process_rank=rank_id)
     if writer.manifest.get("complete"):
@@ -198,10 +198,10 @@ def build_store(
                     "the task's losses must have one entry per example"
                 )
             writer.write_shard(index, start, block, energy)
-    _barrier(world)
+    barrier()
     if rank_id == 0:
         writer.finish(len(starts))
-    _barrier(world)
+    barrier()
     return FactorStore.open(path, verify=False)
 
 
@@ -250,10 +250,7 @@ def _truncation_metric(
         covs = {}
         for name in names:
             ca, cb = sums[name]
-            if world > 1:
-                dist.all_reduce(ca)
-                dist.all_reduce(cb)
-            covs[name] = (ca, cb)
+            covs[name] = (all_reduce_sum(ca), all_reduce_sum(cb))
         if rank_id == 0:
             flat = {f"{k}.{side}": v[j].contiguous() for k, v in covs.items()
                     for j, side in enumerate(("in", "out"))}
@@ -263,18 +260,6 @@ def _truncation_metric(
     return {name: (whitening(ca, factors.truncation_damping).to(dtype),
                    whitening(cb, factors.truncation_damping).to(dtype))
             for name, (ca, cb) in covs.items()}
-
-
-def _process_group() -> tuple[int, int]:
-    """(rank, world size) of the torch.distributed group, or (0, 1) when not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 def query_gradients(

@@ -20,6 +20,7 @@ from tamis.attribution.config import (
     to_dict,
 )
 from tamis.attribution.curvature import Curvature, fit_curvature
+from tamis.attribution.distributed import process_group
 from tamis.attribution.errors import AttributionError
 from tamis.attribution.examples import load_factory
 from tamis.attribution.presets import DEFAULT_METHOD, curvature_kind_for, preset
@@ -118,6 +119,14 @@ def _init_distributed() -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        import atexit
+
+        def _leave() -> None:  # every rank waits for the others, then tears down cleanly
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
+
+        atexit.register(_leave)
 
 
 def _curvature_for(store: FactorStore, cfg: CurvatureConfig, bundle=None) -> Curvature:
@@ -130,7 +139,8 @@ def _curvature_for(store: FactorStore, cfg: CurvatureConfig, bundle=None) -> Cur
     source = None if bundle is None else source_for(cfg, bundle.task, bundle.model,
                                                     bundle.train, store)
     curvature = fit_curvature(store, cfg, source=source)
-    curvature.save(path)
+    if process_group()[0] == 0:
+        curvature.save(path)
     return curvature
 
 
@@ -162,9 +172,15 @@ def query(
     top_k: int = typer.Option(10, help="Most helpful / harmful examples kept per query."),
     self_scores: bool = typer.Option(False, help="Also compute self-influence of every example."),
 ) -> None:
-    """Score the task's queries against a store; write scores and top-k to ``--out``."""
+    """Score the task's queries against a store; write scores and top-k to ``--out``.
+
+    Scale out with torchrun (``torchrun --nproc-per-node 2 -m tamis.cli attribute query
+    ...``): each rank fits the curvature and scores its own shards of the store; the sums
+    and top-k are merged across ranks and rank 0 writes ``--out``.
+    """
     from tamis.attribution.scoring import self_influence
 
+    _init_distributed()
     try:
         s = FactorStore.open(store)
         kind = curvature if curvature != "auto" else curvature_kind_for(s.manifest)
@@ -197,6 +213,8 @@ def query(
             arrays["self_influence"] = self_influence(s, curv).numpy()
     except (AttributionError, ValueError, FileNotFoundError) as err:
         _fail(err)
+    if process_group()[0] != 0:
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.npz")
     np.savez(tmp, **arrays)

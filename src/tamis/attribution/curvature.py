@@ -22,6 +22,12 @@ the same second moment of sampled-label / Gauss-Newton pseudo-gradients streamed
   the store.
 
 Damping is absolute, or relative to the mean eigenvalue trace(F) / D.
+
+Under torch.distributed (``torchrun``) every rank calls :func:`fit_curvature` with the same
+arguments; each streams only its own shards of the store and the partial sums of every pass
+(traces, F Omega, F Q, Q^T F Q, dense F) are all-reduced, so every rank holds the
+single-process curvature up to float summation order. A Fisher source (true Fisher, GGN,
+Kronecker kinds) is streamed whole on every rank.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from tamis._io import atomic_path
 from tamis._progress import track
 from tamis.attribution.config import CurvatureConfig, to_dict
+from tamis.attribution.distributed import all_reduce_float, all_reduce_sum, my_shards, process_group
 from tamis.attribution.errors import AttributionError, StoreError, StoreMismatchError
 from tamis.attribution.kronecker import KRONECKER_KINDS, fit_kronecker, kronecker_apply
 from tamis.attribution.store import FactorStore
@@ -219,7 +226,7 @@ class _Streamer:
     """
 
     def __init__(self, store: FactorStore, blocks, cfg: CurvatureConfig, dtype, progress: bool,
-                 source=None):
+                 source=None, sharded: bool = True):
         self.store, self.blocks, self.cfg, self.dtype, self.progress = (
             store,
             blocks,
@@ -229,16 +236,24 @@ class _Streamer:
         )
         self.source = source
         self.passes = 0
+        # under torch.distributed each rank streams its own shards of the store (a Fisher
+        # source recomputes gradients from the data and is streamed whole on every rank)
+        self.shards = my_shards(len(store.manifest["shards"])) if sharded else None
 
     @property
     def num_examples(self) -> int:
         return self.store.num_examples if self.source is None else self.source.num_examples
 
+    @property
+    def partial(self) -> bool:
+        """True when this rank saw only part of the rows: sums must be all-reduced."""
+        return self.source is None and process_group()[1] > 1
+
     def run(self, fn, label: str) -> None:
         self.passes += 1
         if self.source is None:
-            chunks = self.store.iter_chunks(self.cfg.chunk_size, self.dtype)
-            total = self.store.num_chunks(self.cfg.chunk_size)
+            chunks = self.store.iter_chunks(self.cfg.chunk_size, self.dtype, shards=self.shards)
+            total = self.store.num_chunks(self.cfg.chunk_size, self.shards)
 
             def rows(chunk, name):
                 return chunk.dense(name)
@@ -257,27 +272,27 @@ class _Streamer:
 
 def _fisher_times(stream: _Streamer, basis: dict, n: int, label: str) -> dict:
     """F Q_b = G_b^T (G_b Q_b) / N for every block b in ``basis``, in one pass."""
-    acc: dict[int, torch.Tensor] = {}
+    acc = {b: torch.zeros_like(q) for b, q in basis.items()}
 
     def step(b: int, g: torch.Tensor) -> None:
         if b in basis:
-            acc[b] = acc.get(b, 0) + g.T @ (g @ basis[b]) / n
+            acc[b] += g.T @ (g @ basis[b]) / n
 
     stream.run(step, label)
-    return acc
+    return {b: all_reduce_sum(v) for b, v in acc.items()} if stream.partial else acc
 
 
 def _projected_fisher(stream: _Streamer, basis: dict, n: int) -> dict:
     """Q_b^T F Q_b = (G_b Q_b)^T (G_b Q_b) / N for every block b in ``basis``, in one pass."""
-    acc: dict[int, torch.Tensor] = {}
+    acc = {b: torch.zeros(q.shape[1], q.shape[1], dtype=q.dtype) for b, q in basis.items()}
 
     def step(b: int, g: torch.Tensor) -> None:
         if b in basis:
             z = g @ basis[b]
-            acc[b] = acc.get(b, 0) + z.T @ z / n
+            acc[b] += z.T @ z / n
 
     stream.run(step, "curvature: projection")
-    return acc
+    return {b: all_reduce_sum(v) for b, v in acc.items()} if stream.partial else acc
 
 
 def _nystrom(sketch: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,6 +375,8 @@ def fit_curvature(
             trace[b] += float((g * g).sum()) / n
 
         stream.run(add_trace, "curvature: trace")
+        if stream.partial:
+            trace = [all_reduce_float(t) for t in trace]
     else:
         exact = [
             cfg.kind == "dense" or cfg.method == "exact" or cfg.rank + cfg.oversample >= D
@@ -378,16 +395,20 @@ def fit_curvature(
         if cfg.method == "nystrom":  # orthonormal test matrix (Tropp et al.)
             omega = [None if o is None else torch.linalg.qr(o.double()).Q.to(dtype)
                      for o in omega]
-        sketch = [None] * len(blocks)
+        sketch = [None if o is None else torch.zeros_like(o) for o in omega]
 
         def first_pass(b, g):
             trace[b] += float((g * g).sum()) / n
             if fisher[b] is not None:
                 fisher[b] += g.T @ g / n
             else:
-                sketch[b] = (0 if sketch[b] is None else sketch[b]) + g.T @ (g @ omega[b]) / n
+                sketch[b] += g.T @ (g @ omega[b]) / n
 
         stream.run(first_pass, "curvature: pass 1")
+        if stream.partial:  # each rank summed its own shards
+            trace = [all_reduce_float(t) for t in trace]
+            fisher = [None if f is None else all_reduce_sum(f) for f in fisher]
+            sketch = [None if k is None else all_reduce_sum(k) for k in sketch]
         for b, f in enumerate(fisher):
             if f is not None:
                 vals, vecs = torch.linalg.eigh(f)
@@ -424,7 +445,7 @@ def fit_curvature(
             block.inverse = (vecs / (vals + lam)) @ vecs.T
         out.append(block)
     if cfg.kind == "lowrank" and cfg.cache_projections:
-        store_stream = _Streamer(store, blocks, cfg, dtype, progress)
+        store_stream = _Streamer(store, blocks, cfg, dtype, progress, sharded=False)
         _cache_projections(store_stream, out)
         stream.passes += store_stream.passes
     extra = {"passes": stream.passes, "fisher": cfg.fisher}

@@ -3,6 +3,9 @@
 tau(q, i) = sum over layers of <q~_l, L_il R_il^T>_F, where q~ = (F + lambda I)^-1 q. The
 training factors stay un-preconditioned (preconditioning would destroy their low rank).
 Positive scores mean *helpful*: a step on example i lowers the query's loss.
+
+Under torch.distributed every rank scores its own shards of the store; the score columns are
+summed across ranks and the per-rank top-k merged, so every rank returns the full result.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ from tamis._progress import track
 from tamis.attribution.build import query_gradients
 from tamis.attribution.config import ScoreConfig
 from tamis.attribution.curvature import Curvature, store_identity
+from tamis.attribution.distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    my_shards,
+    process_group,
+)
 from tamis.attribution.errors import NonFiniteError, StoreMismatchError
 from tamis.attribution.store import FactorStore, StoreChunk
 from tamis.attribution.task import AttributionTask
@@ -201,11 +210,14 @@ def score_gradients(
     qt = curvature.precondition({k: v.to(dtype) for k, v in queries.items()})
     qt = {name: qt[name].reshape(nq, -1) for name in store.layer_names}
     qnorm = torch.sqrt(sum((q * q).sum(1) for q in qt.values())).clamp_min(1e-30)
-    scores = torch.empty(nq, store.num_examples, dtype=dtype) if cfg.keep_scores else None
+    world = process_group()[1]
+    shards = my_shards(len(store.manifest["shards"]))
+    alloc = torch.zeros if world > 1 else torch.empty  # columns of other ranks stay 0
+    scores = alloc(nq, store.num_examples, dtype=dtype) if cfg.keep_scores else None
     helpful = harmful = None
     timings = {"load_s": 0.0, "compute_s": 0.0}
-    chunks = store.iter_chunks(cfg.chunk_size, dtype, timings=timings)
-    for chunk in track(chunks, "score", store.num_chunks(cfg.chunk_size), cfg.progress):
+    chunks = store.iter_chunks(cfg.chunk_size, dtype, timings=timings, shards=shards)
+    for chunk in track(chunks, "score", store.num_chunks(cfg.chunk_size, shards), cfg.progress):
         t0 = time.perf_counter()
         s = subspace(chunk) if subspace is not None else _chunk_scores(chunk, qt, cfg.kernel)
         if cfg.normalize != "none":
@@ -218,8 +230,26 @@ def score_gradients(
             helpful = _merge(helpful, s, chunk.start, cfg.top_k, largest=True)
             harmful = _merge(harmful, s, chunk.start, cfg.top_k, largest=False)
         timings["compute_s"] += time.perf_counter() - t0
-    empty = TopK(torch.empty(nq, 0), torch.empty(nq, 0, dtype=torch.long))
-    return ScoreResult(scores, helpful or empty, harmful or empty, timings)
+    empty = TopK(torch.empty(nq, 0, dtype=dtype), torch.empty(nq, 0, dtype=torch.long))
+    helpful, harmful = helpful or empty, harmful or empty
+    if world > 1:  # merge the ranks' shards: every rank returns the full result
+        if scores is not None:
+            scores = all_reduce_sum(scores)
+        helpful = _merge_ranks(helpful, cfg.top_k, largest=True)
+        harmful = _merge_ranks(harmful, cfg.top_k, largest=False)
+    return ScoreResult(scores, helpful, harmful, timings)
+
+
+def _merge_ranks(best: TopK, k: int, largest: bool) -> TopK:
+    """The top-k over every rank's top-k (ties broken by the lower training index)."""
+    parts = all_gather_objects((best.values, best.indices))
+    vals = torch.cat([v for v, _ in parts], dim=1)
+    idx = torch.cat([i for _, i in parts], dim=1)
+    order = torch.argsort(idx, dim=1, stable=True)  # rank order must not decide ties
+    vals, idx = torch.gather(vals, 1, order), torch.gather(idx, 1, order)
+    k = min(k, vals.shape[1])
+    v, pos = torch.topk(vals, k, dim=1, largest=largest)
+    return TopK(v, torch.gather(idx, 1, pos))
 
 
 def compute_scores(
@@ -258,12 +288,14 @@ def self_influence(
     """tau(i, i) = g_i^T (F + lambda I)^-1 g_i for every training example, shape (N,)."""
     if curvature.store_id != store_identity(store):
         raise StoreMismatchError(f"the curvature was fitted on another store than {store.path}")
-    out = torch.empty(store.num_examples, dtype=dtype)
-    chunks = store.iter_chunks(chunk_size, dtype)
-    for chunk in track(chunks, "self-influence", store.num_chunks(chunk_size), progress):
+    world = process_group()[1]
+    shards = my_shards(len(store.manifest["shards"]))
+    out = (torch.zeros if world > 1 else torch.empty)(store.num_examples, dtype=dtype)
+    chunks = store.iter_chunks(chunk_size, dtype, shards=shards)
+    for chunk in track(chunks, "self-influence", store.num_chunks(chunk_size, shards), progress):
         total = torch.zeros(chunk.stop - chunk.start, dtype=dtype)
         for block in curvature.blocks:
             g = torch.cat([chunk.dense(name) for name in block.layers], dim=1)
             total += (block.apply(g, curvature.kind) * g).sum(1)
         out[chunk.start : chunk.stop] = total
-    return out
+    return all_reduce_sum(out) if world > 1 else out

@@ -236,13 +236,16 @@ class FactorStore:
         chunk_size: int = 4096,
         dtype: torch.dtype = torch.float32,
         timings: dict | None = None,
+        shards: list[int] | None = None,
     ) -> Iterator[StoreChunk]:
         """Stream the store in chunks of at most ``chunk_size`` rows (never across shards).
 
         With ``timings``, the seconds spent reading rows from disk accumulate in
-        ``timings["load_s"]``.
+        ``timings["load_s"]``. ``shards`` restricts the stream to those shard positions
+        (a rank's share under torch.distributed); ``None`` streams all of them.
         """
-        for shard in self.manifest["shards"]:
+        entries = self.manifest["shards"]
+        for shard in entries if shards is None else [entries[i] for i in shards]:
             t0 = time.perf_counter()
             arr = self._shard_array(shard)
             for lo in range(0, arr.shape[0], chunk_size):
@@ -253,9 +256,11 @@ class FactorStore:
                 yield chunk
                 t0 = time.perf_counter()
 
-    def num_chunks(self, chunk_size: int) -> int:
-        """How many chunks :meth:`iter_chunks` yields."""
-        return sum(-(-(s["stop"] - s["start"]) // chunk_size) for s in self.manifest["shards"])
+    def num_chunks(self, chunk_size: int, shards: list[int] | None = None) -> int:
+        """How many chunks :meth:`iter_chunks` yields (for ``shards``, if given)."""
+        entries = self.manifest["shards"]
+        chosen = entries if shards is None else [entries[i] for i in shards]
+        return sum(-(-(s["stop"] - s["start"]) // chunk_size) for s in chosen)
 
     def check_compatible(self, fingerprint: str, layers: list[LayerSpec], projection: dict) -> None:
         """Refuse a query whose model, layers or projection differ from the store's.
