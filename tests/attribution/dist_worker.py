@@ -28,7 +28,7 @@ def build_rank(rank: int, world: int, path: str, port: int) -> None:
 
 
 def pipeline_rank(rank: int, world: int, store_path: str, out_dir: str, port: int) -> None:
-    """Fit every store-streamed curvature, score and self-influence on this rank's shards."""
+    """Fit every curvature, score and self-influence on this rank's shards and batches."""
     from tamis.attribution import (
         FactorStore,
         ScoreConfig,
@@ -36,6 +36,7 @@ def pipeline_rank(rank: int, world: int, store_path: str, out_dir: str, port: in
         fit_curvature,
         self_influence,
     )
+    from tamis.attribution.fisher import source_for
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -44,7 +45,9 @@ def pipeline_rank(rank: int, world: int, store_path: str, out_dir: str, port: in
         store = FactorStore.open(store_path)
         out = {}
         for name, cfg in curvature_configs().items():
-            curv = fit_curvature(store, cfg, torch.float64, progress=False)
+            curv = fit_curvature(store, cfg, torch.float64, progress=False,
+                                 source=source_for(cfg, SequenceTask(), tiny_lm(),
+                                                   token_data(23), store))
             res = compute_scores(SequenceTask(), tiny_lm(), token_data(5, seed=7), store, curv,
                                  ScoreConfig(progress=False, top_k=3), torch.float64)
             out[f"{name}.scores"] = res.scores
@@ -68,4 +71,8 @@ def curvature_configs() -> dict:
         "dense": CurvatureConfig(kind="dense", chunk_size=3),
         "identity": CurvatureConfig(kind="identity", damping=0.5),
         "model": CurvatureConfig(rank=4, granularity="model", chunk_size=5),
+        "true": CurvatureConfig(rank=3, oversample=2, fisher="true", n_samples=2,
+                                fisher_batch_size=3),
+        "ekfac_true": CurvatureConfig(kind="ekfac", fisher="true", fisher_batch_size=3),
+        "kfac": CurvatureConfig(kind="kfac", fisher="empirical", fisher_batch_size=4),
     }

@@ -38,9 +38,11 @@ def test_two_rank_build_equals_single_process(tmp_path):
 
 
 def test_two_rank_curvature_scores_and_self_influence_equal_single_process(tmp_path):
-    """Each rank streams its own shards; the all-reduced curvature, the merged scores, top-k
-    and self-influence equal one process (float64, summation order only), on both ranks."""
+    """Each rank streams its own shards (or data batches, for true-Fisher and Kronecker
+    curvatures); the all-reduced curvature, the merged scores, top-k and self-influence
+    equal one process (float64, summation order only), on both ranks."""
     from tamis.attribution import ScoreConfig, compute_scores, fit_curvature, self_influence
+    from tamis.attribution.fisher import source_for
 
     store = build_store(SequenceTask(), tiny_lm(), token_data(23), tmp_path / "s",
                         ProjectionConfig(d1=4, d2=4, seed=2), FactorConfig(2, "float64"),
@@ -51,7 +53,9 @@ def test_two_rank_curvature_scores_and_self_influence_equal_single_process(tmp_p
              nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for name, cfg in curvature_configs().items():
-        curv = fit_curvature(store, cfg, torch.float64, progress=False)
+        curv = fit_curvature(store, cfg, torch.float64, progress=False,
+                             source=source_for(cfg, SequenceTask(), tiny_lm(), token_data(23),
+                                               store))
         res = compute_scores(SequenceTask(), tiny_lm(), token_data(5, seed=7), store, curv,
                              ScoreConfig(progress=False, top_k=3), torch.float64)
         own = self_influence(store, curv, dtype=torch.float64, progress=False)

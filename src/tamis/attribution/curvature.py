@@ -27,7 +27,8 @@ Under torch.distributed (``torchrun``) every rank calls :func:`fit_curvature` wi
 arguments; each streams only its own shards of the store and the partial sums of every pass
 (traces, F Omega, F Q, Q^T F Q, dense F) are all-reduced, so every rank holds the
 single-process curvature up to float summation order. A Fisher source (true Fisher, GGN,
-Kronecker kinds) is streamed whole on every rank.
+Kronecker kinds) is sharded by batch the same way (batch b on rank b mod W, its sampled
+labels seeded by the global b).
 """
 
 from __future__ import annotations
@@ -236,8 +237,8 @@ class _Streamer:
         )
         self.source = source
         self.passes = 0
-        # under torch.distributed each rank streams its own shards of the store (a Fisher
-        # source recomputes gradients from the data and is streamed whole on every rank)
+        # under torch.distributed each rank streams its own shards of the store, or its own
+        # batches of a Fisher source
         self.shards = my_shards(len(store.manifest["shards"])) if sharded else None
 
     @property
@@ -247,7 +248,7 @@ class _Streamer:
     @property
     def partial(self) -> bool:
         """True when this rank saw only part of the rows: sums must be all-reduced."""
-        return self.source is None and process_group()[1] > 1
+        return process_group()[1] > 1
 
     def run(self, fn, label: str) -> None:
         self.passes += 1

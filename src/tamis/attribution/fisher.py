@@ -30,6 +30,7 @@ from torch import nn
 from tamis.attribution.capture import GradientCapture, LayerCapture, resolve_layers
 from tamis.attribution.config import CurvatureConfig, ProjectionConfig
 from tamis.attribution.data import dataset_length, iter_batches
+from tamis.attribution.distributed import process_group
 from tamis.attribution.errors import AttributionError, NonFiniteError
 from tamis.attribution.factors import dense_gradients
 from tamis.attribution.store import FactorStore
@@ -128,8 +129,18 @@ class FisherSource:
 
     @property
     def num_batches(self) -> int:
-        """Batches per pass."""
-        return -(-self.num_examples // self.batch_size)
+        """Batches per pass on this rank (all of them in one process)."""
+        return len(self._my_batches())
+
+    def _my_batches(self) -> list[int]:
+        """Batch indices this rank streams.
+
+        Under torch.distributed batch b goes to rank b mod W and its sampled labels are
+        seeded by the global b, so the ranks' sums add up to the one-process pass.
+        """
+        rank, world = process_group()
+        total = -(-self.num_examples // self.batch_size)
+        return [b for b in range(total) if b % world == rank]
 
     def _losses(self, b: int) -> list[Callable[[Any, nn.Module], torch.Tensor]]:
         if self.kind == "empirical":
@@ -182,9 +193,11 @@ class FisherSource:
             if self.kind != "empirical":
                 _require_sampling(self.task, self.model, first, self.kind)
             weight = 1.0 / self.n_samples if self.kind == "true" else 1.0
-            batches = iter_batches(self.dataset, 0, self.num_examples, self.batch_size,
-                                   self.collate_fn)
-            for b, batch in enumerate(batches):
+            for b in self._my_batches():
+                lo = b * self.batch_size
+                hi = min(lo + self.batch_size, self.num_examples)
+                batch = next(iter_batches(self.dataset, lo, hi, self.batch_size,
+                                          self.collate_fn))
                 out = []
                 for loss_fn in self._losses(b):
                     try:

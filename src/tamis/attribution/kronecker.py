@@ -33,6 +33,7 @@ import torch
 
 from tamis._progress import track
 from tamis.attribution.config import CurvatureConfig
+from tamis.attribution.distributed import all_reduce_float, all_reduce_sum, process_group
 from tamis.attribution.errors import AttributionError, StoreError
 from tamis.attribution.factors import dense_gradients
 from tamis.attribution.store import FactorStore  # noqa: TC001
@@ -43,8 +44,9 @@ _MAX_ELEMENTS = 1 << 24  # rotated-gradient elements per sub-batch of the correc
 
 def _covariances(source, dtype: torch.dtype, progress: bool) -> tuple[dict, dict, int, int]:
     """Sums of a a^T and weighted b b^T per layer, the token count and the example count."""
-    acts: dict[str, torch.Tensor] = {}
-    outs: dict[str, torch.Tensor] = {}
+    layers = source.store.layers
+    acts = {lay["name"]: torch.zeros(lay["d1"], lay["d1"], dtype=dtype) for lay in layers}
+    outs = {lay["name"]: torch.zeros(lay["d2"], lay["d2"], dtype=dtype) for lay in layers}
     tokens = examples = 0
     for items in track(source.iter_captures(dtype), "curvature: Kronecker factors",
                        source.num_batches, progress):
@@ -54,11 +56,15 @@ def _covariances(source, dtype: torch.dtype, progress: bool) -> tuple[dict, dict
         tokens += cap0.a.shape[0] * cap0.a.shape[1]
         for name, cap in first.items():
             a = cap.a.reshape(-1, cap.a.shape[-1])
-            acts[name] = acts.get(name, 0) + a.T @ a
+            acts[name] += a.T @ a
         for captured, weight in items:
             for name, cap in captured.items():
                 b = cap.b.reshape(-1, cap.b.shape[-1])
-                outs[name] = outs.get(name, 0) + weight * (b.T @ b)
+                outs[name] += weight * (b.T @ b)
+    if process_group()[1] > 1:  # each rank summed its own batches
+        acts = {k: all_reduce_sum(v) for k, v in acts.items()}
+        outs = {k: all_reduce_sum(v) for k, v in outs.items()}
+        tokens, examples = (int(all_reduce_float(float(x))) for x in (tokens, examples))
     return acts, outs, tokens, examples
 
 
@@ -70,7 +76,8 @@ def _eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _corrected_eigenvalues(source, bases: dict, dtype: torch.dtype, progress: bool) -> dict:
     """E_n[(Q_A^T G_n Q_S)^2] per layer, in one more pass (EK-FAC)."""
-    acc: dict[str, torch.Tensor] = {}
+    acc = {name: torch.zeros(qa.shape[0], qs.shape[0], dtype=dtype)
+           for name, (qa, qs) in bases.items()}
     for items in track(source.iter_captures(dtype), "curvature: eigenvalue correction",
                        source.num_batches, progress):
         for captured, weight in items:
@@ -80,7 +87,9 @@ def _corrected_eigenvalues(source, bases: dict, dtype: torch.dtype, progress: bo
                 step = max(1, _MAX_ELEMENTS // (qa.shape[0] * qs.shape[0]))
                 for lo in range(0, a.shape[0], step):
                     g = dense_gradients(a[lo:lo + step], b[lo:lo + step])
-                    acc[name] = acc.get(name, 0) + weight * (g * g).sum(0)
+                    acc[name] += weight * (g * g).sum(0)
+    if process_group()[1] > 1:
+        acc = {k: all_reduce_sum(v) for k, v in acc.items()}
     return acc
 
 
