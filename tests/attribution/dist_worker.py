@@ -76,3 +76,31 @@ def curvature_configs() -> dict:
         "ekfac_true": CurvatureConfig(kind="ekfac", fisher="true", fisher_batch_size=3),
         "kfac": CurvatureConfig(kind="kfac", fisher="empirical", fisher_batch_size=4),
     }
+
+
+class _DiesOnRankOne(SequenceTask):
+    """Raises on rank 1's second batch, as a killed or crashed rank would stop."""
+
+    calls = 0
+
+    def compute_train_loss(self, batch, model):
+        if dist.get_rank() == 1:
+            type(self).calls += 1
+            if type(self).calls > 2:  # the probe batch, then one full batch
+                raise RuntimeError("rank 1 dies")
+        return super().compute_train_loss(batch, model)
+
+
+def dying_build_rank(rank: int, world: int, path: str, port: int) -> None:
+    """A two-rank build in which rank 1 dies after its first shard."""
+    from datetime import timedelta
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=20))
+    try:
+        build_store(_DiesOnRankOne(), tiny_lm(), token_data(23), path,
+                    ProjectionConfig(d1=4, d2=4, seed=2), FactorConfig(2, "float32"),
+                    BuildConfig(batch_size=4, shard_size=4, progress=False))
+    finally:
+        dist.destroy_process_group()

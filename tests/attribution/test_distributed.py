@@ -66,3 +66,26 @@ def test_two_rank_curvature_scores_and_self_influence_equal_single_process(tmp_p
             assert torch.equal(out[f"{name}.helpful"], res.helpful.indices), name
             assert torch.equal(out[f"{name}.harmful"], res.harmful.indices), name
             assert int(out[f"{name}.passes"]) == curv.extra["passes"]
+
+
+def test_a_rank_dying_mid_build_leaves_a_store_that_resumes_identically(tmp_path):
+    """Rank 1 dies after one shard; the shards already written survive, and the build
+    resumes in one process (a different world size) to the single-process shards."""
+    import pytest
+
+    from attribution.dist_worker import dying_build_rank
+
+    reference = build_store(SequenceTask(), tiny_lm(), token_data(23), tmp_path / "ref",
+                            ProjectionConfig(d1=4, d2=4, seed=2), FactorConfig(2, "float32"),
+                            BuildConfig(batch_size=4, shard_size=4, progress=False))
+    with pytest.raises(Exception):  # noqa: B017 - the spawned rank's error
+        mp.spawn(dying_build_rank, args=(2, str(tmp_path / "s"), _free_port()), nprocs=2,
+                 join=True)
+    written = sorted(p.name for p in (tmp_path / "s").glob("shard-*.npy"))
+    assert 0 < len(written) < 6
+    resumed = build_store(SequenceTask(), tiny_lm(), token_data(23), tmp_path / "s",
+                          ProjectionConfig(d1=4, d2=4, seed=2), FactorConfig(2, "float32"),
+                          BuildConfig(batch_size=4, shard_size=4, progress=False))
+    assert resumed.manifest["complete"]
+    assert [s["sha256"] for s in resumed.manifest["shards"]] == [
+        s["sha256"] for s in reference.manifest["shards"]]
