@@ -3,7 +3,8 @@
 For every tracked layer, a forward hook projects its inputs, A = X P_in (B x T x d1), and a
 tensor hook on its output projects the output-gradient, B = dY P_out (B x T x d2), as soon
 as backward produces it. One forward and one backward per batch; no loop over examples.
-``nn.Conv2d`` is handled as a linear map over unfolded patches (T = number of positions).
+``nn.Conv2d`` is handled as a linear map over unfolded patches (T = number of positions);
+transformers' GPT-2-style ``Conv1D`` (weight of shape (in, out)) as a Linear layer.
 """
 
 from __future__ import annotations
@@ -21,9 +22,20 @@ from tamis.attribution.errors import NonFiniteError, UnsupportedModuleError
 from tamis.attribution.projection import LayerSpec, layer_projections, layer_spec
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' GPT-2-style Conv1D: y = x W + b with W of shape (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
 def _layer_dims(name: str, module: nn.Module, include_bias: bool) -> tuple[int, int]:
     if isinstance(module, nn.Linear):
         in_dim, out_dim = module.in_features, module.out_features
+    elif is_conv1d(module):
+        in_dim, out_dim = module.weight.shape[0], module.nf
     elif isinstance(module, nn.Conv2d):
         if module.groups != 1:
             raise UnsupportedModuleError(f"Conv2d {name!r} has groups={module.groups}; only 1")
@@ -36,7 +48,8 @@ def _layer_dims(name: str, module: nn.Module, include_bias: bool) -> tuple[int, 
         in_dim, out_dim = module.in_channels * kh * kw, module.out_channels
     else:
         raise UnsupportedModuleError(
-            f"module {name!r} is a {type(module).__name__}; tamis tracks nn.Linear and nn.Conv2d"
+            f"module {name!r} is a {type(module).__name__}; tamis tracks nn.Linear, nn.Conv2d "
+            "and transformers' Conv1D"
         )
     if include_bias and module.bias is not None:
         in_dim += 1
@@ -44,10 +57,11 @@ def _layer_dims(name: str, module: nn.Module, include_bias: bool) -> tuple[int, 
 
 
 def find_modules(model: nn.Module, names: list[str] | None) -> dict[str, nn.Module]:
-    """The tracked modules by name: ``names`` if given, else every Linear and Conv2d."""
+    """The tracked modules by name: ``names`` if given, else every Linear, Conv2d, Conv1D."""
     all_modules = dict(model.named_modules())
     if names is None:
-        found = {n: m for n, m in all_modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))}
+        found = {n: m for n, m in all_modules.items()
+                 if _is_linear(m) or isinstance(m, nn.Conv2d)}
         if not found:
             raise UnsupportedModuleError("the model has no nn.Linear or nn.Conv2d to track")
         return found
@@ -131,7 +145,7 @@ class GradientCapture:
             p_in = self.proj[name][0]
 
             def forward_hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-                self.flat_input[name] = isinstance(mod, nn.Linear) and inputs[0].dim() == 2
+                self.flat_input[name] = _is_linear(mod) and inputs[0].dim() == 2
                 x = self._inputs_2d(name, mod, inputs[0].detach())
                 self._a[name].append(x if p_in is None else x @ p_in)
                 if not output.requires_grad:

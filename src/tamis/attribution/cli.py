@@ -35,8 +35,20 @@ DEFAULT_TASK = "tamis.attribution.examples:fashion_cnn"
 TASK_HELP = "Task factory, module:function or file.py:function, returning a TaskBundle."
 
 
-def _bundle(task: str, cache_dir: Path, data_dir: Path | None):
+def _bundle(task: str, cache_dir: Path, data_dir: Path | None, hf: dict | None = None):
+    if hf and hf.get("model"):
+        from tamis.attribution.hf import hf_bundle
+
+        if not hf.get("data"):
+            raise ValueError("--model needs --data FILE.jsonl (the training texts)")
+        return hf_bundle(**hf)
     return load_factory(task)(cache_dir=cache_dir, data_dir=data_dir)
+
+
+MODEL_HELP = ("Local transformers model folder (AutoModelForCausalLM or "
+              "AutoModelForSequenceClassification); replaces --task.")
+DATA_HELP = ("Training JSONL for --model: 'text' or 'prompt'/'completion' (causal LM), "
+             "'text'/'label' (classifier).")
 
 
 def _fail(err: Exception) -> None:
@@ -50,6 +62,14 @@ def build(
     task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
+    model: Path | None = typer.Option(None, help=MODEL_HELP),
+    data: Path | None = typer.Option(None, help=DATA_HELP),
+    model_kind: str | None = typer.Option(
+        None, "--kind", help="lm | cls for --model (default: its config)."),
+    layers: str | None = typer.Option(
+        None, help="Regular expression on module names to track (--model; default: every "
+        "Linear / Conv1D but lm_head)."),
+    truncate: bool = typer.Option(False, help="Cut texts longer than the model's context."),
     method: str = typer.Option(
         DEFAULT_METHOD, help="Preset the store is built for: ekfac (default) | kfac | lorif "
         "(the paper's: 64 x 64, c = 1) | logra (dense) | grad_dot | grad_cos. Options "
@@ -90,7 +110,7 @@ def build(
         factors = replace(p.factors, dtype=dtype, truncation=truncation)
         if rank_c is not None and not factors.dense:
             factors = replace(factors, rank=rank_c, max_numbers=None)
-        b = _bundle(task, cache_dir, data_dir)
+        b = _bundle(task, cache_dir, data_dir, _hf(model, data, None, model_kind, layers, truncate))
         s = build_store(
             b.task,
             b.model,
@@ -108,6 +128,14 @@ def build(
 
     if not dist.is_initialized() or dist.get_rank() == 0:
         _print_info(s)
+
+
+def _hf(model, data, queries, kind, layers, truncate) -> dict | None:
+    if model is None:
+        return None
+    return {"model": str(model), "data": None if data is None else str(data),
+            "queries": None if queries is None else str(queries), "kind": kind,
+            "pattern": layers, "truncate": truncate}
 
 
 def _init_distributed() -> None:
@@ -153,6 +181,13 @@ def query(
     task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
+    model: Path | None = typer.Option(None, help=MODEL_HELP),
+    data: Path | None = typer.Option(None, help=DATA_HELP + " The store's training data."),
+    queries: Path | None = typer.Option(None, help="Query JSONL for --model (default: --data)."),
+    model_kind: str | None = typer.Option(
+        None, "--kind", help="lm | cls for --model (default: its config)."),
+    layers: str | None = typer.Option(None, help="The --layers the store was built with."),
+    truncate: bool = typer.Option(False, help="Cut texts longer than the model's context."),
     curvature: str = typer.Option(
         "auto", help="auto (the store's preset: ekfac, lowrank for lorif, dense for logra, "
         "...) | lowrank | dense | identity | ekfac | kfac (Kronecker: extra passes over the "
@@ -197,7 +232,8 @@ def query(
             from tamis.attribution.tuning import load_tuning
 
             cfg = load_tuning(store).curvature_config(cfg)
-        b = _bundle(task, cache_dir, data_dir)
+        b = _bundle(task, cache_dir, data_dir,
+                    _hf(model, data, queries, model_kind, layers, truncate))
         curv = _curvature_for(s, cfg, b)
         result = compute_scores(
             b.task, b.model, b.queries, s, curv, ScoreConfig(normalize=normalize, top_k=top_k)
@@ -224,11 +260,43 @@ def query(
         f"examples -> [bold]{out}[/] (load {result.timings['load_s']:.2f} s, "
         f"compute {result.timings['compute_s']:.2f} s)"
     )
+    if "texts" in b.info:
+        _print_texts(b.info, arrays, out.with_suffix(".top.jsonl"))
+        return
     for q in range(min(3, arrays["scores"].shape[0])):
         console.print(
             f"query {q}: most helpful {arrays['helpful_indices'][q][:5].tolist()}, "
             f"most harmful {arrays['harmful_indices'][q][:5].tolist()}"
         )
+
+
+def _print_texts(info: dict, arrays: dict, path: Path) -> None:
+    """A rich table of the top training texts per query, and the same as JSONL."""
+    from tamis._io import write_text_atomic
+
+    def short(text: str, n: int = 70) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    texts, lines = info["texts"], []
+    table = Table(title="most helpful (+) and harmful (-) training texts per query")
+    for col in ("query", "", "score", "training text"):
+        table.add_column(col)
+    for q, query_text in enumerate(info["query_texts"]):
+        rec = {"query": q, "text": query_text, "helpful": [], "harmful": []}
+        first = True
+        for side, sign in (("helpful", "+"), ("harmful", "-")):
+            pairs = zip(arrays[f"{side}_indices"][q], arrays[f"{side}_scores"][q], strict=True)
+            for rank, (j, v) in enumerate(pairs):
+                rec[side].append({"index": int(j), "score": float(v), "text": texts[j]})
+                if q < 5 and rank < 3:
+                    table.add_row(short(query_text, 30) if first else "", sign,
+                                  f"{float(v):.3g}", short(texts[j]))
+                    first = False
+        lines.append(json.dumps(rec, ensure_ascii=False))
+    console.print(table)
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    console.print(f"top-k texts of {len(lines)} queries -> [bold]{path}[/]")
 
 
 def _print_info(s: FactorStore) -> None:
