@@ -192,3 +192,21 @@ def test_cli_query_auto_uses_the_preset_the_store_was_built_for(tmp_path):
     res = runner.invoke(app, ["attribute", "build", "--task", TASK_FILE, "--store",
                               str(tmp_path / "x"), "--method", "lorfi"])
     assert res.exit_code == 2 and "method must be one of" in res.output
+
+
+def test_cli_fit_saves_the_curvature_that_query_reuses(tmp_path):
+    runner = CliRunner()
+    store = str(tmp_path / "s")
+    assert runner.invoke(app, ["attribute", "build", "--task", TASK_FILE, "--store", store,
+                               "--method", "lorif"]).exit_code == 0
+    res = runner.invoke(app, ["attribute", "fit", "--task", TASK_FILE, "--store", store,
+                              "--rank-r", "4"])
+    assert res.exit_code == 0, res.output
+    assert "lowrank curvature" in res.output
+    files = list((tmp_path / "s").glob("curvature-lowrank-*.safetensors"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", store,
+                              "--rank-r", "4", "--out", str(tmp_path / "o.npz")])
+    assert res.exit_code == 0, res.output
+    assert files[0].stat().st_mtime_ns == stamp  # reused, not refitted

@@ -172,6 +172,62 @@ def _curvature_for(store: FactorStore, cfg: CurvatureConfig, bundle=None) -> Cur
     return curvature
 
 
+def _curvature_config(s: FactorStore, curvature: str, rank_r: int, damping: float,
+                      damping_mode: str, granularity: str, fisher: str, n_samples: int,
+                      tuned: bool) -> CurvatureConfig:
+    kind = curvature if curvature != "auto" else curvature_kind_for(s.manifest)
+    cfg = CurvatureConfig(kind=kind, rank=rank_r, damping=damping, damping_mode=damping_mode,
+                          granularity=granularity, fisher=fisher, n_samples=n_samples)
+    if tuned:
+        from tamis.attribution.tuning import load_tuning
+
+        cfg = load_tuning(s.path).curvature_config(cfg)
+    return cfg
+
+
+@app.command()
+def fit(
+    store: Path = typer.Option(..., help="Store folder built by `tamis attribute build`."),
+    task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
+    cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
+    data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
+    model: Path | None = typer.Option(None, help=MODEL_HELP),
+    data: Path | None = typer.Option(None, help=DATA_HELP + " The store's training data."),
+    model_kind: str | None = typer.Option(
+        None, "--kind", help="lm | cls for --model (default: its config)."),
+    layers: str | None = typer.Option(None, help="The --layers the store was built with."),
+    truncate: bool = typer.Option(False, help="Cut texts longer than the model's context."),
+    curvature: str = typer.Option("auto", help="auto (the store's preset) | lowrank | dense | "
+                                  "identity | ekfac | kfac."),
+    rank_r: int = typer.Option(256, help="Curvature rank r (lowrank; clipped to D)."),
+    damping: float = typer.Option(1.0, help="Damping lambda (relative: x mean eigenvalue)."),
+    damping_mode: str = typer.Option("relative", help="relative | absolute."),
+    granularity: str = typer.Option("layer", help="layer | model."),
+    fisher: str = typer.Option("empirical", help="empirical | true | ggn."),
+    n_samples: int = typer.Option(1, help="Sampled labels per example (--fisher true)."),
+    tuned: bool = typer.Option(False, help="Use the configuration `tune` chose."),
+) -> None:
+    """Fit and save the curvature next to the store (``query`` with the same options reuses it).
+
+    Under torchrun each rank streams its own shards (or data batches) and the sums are
+    all-reduced; rank 0 writes the file.
+    """
+    _init_distributed()
+    try:
+        s = FactorStore.open(store)
+        cfg = _curvature_config(s, curvature, rank_r, damping, damping_mode, granularity,
+                                fisher, n_samples, tuned)
+        b = _bundle(task, cache_dir, data_dir, _hf(model, data, None, model_kind, layers,
+                                                    truncate))
+        curv = _curvature_for(s, cfg, b)
+    except (AttributionError, ValueError, FileNotFoundError) as err:
+        _fail(err)
+    if process_group()[0] == 0:
+        console.print(f"{curv.kind} curvature ({cfg.fisher} Fisher, {len(curv.blocks)} "
+                      f"block(s), {curv.memory_bytes / 2**20:.2f} MiB, "
+                      f"{curv.extra.get('passes')} pass(es)) saved in {s.path}")
+
+
 @app.command()
 def query(
     store: Path = typer.Option(..., help="Store folder built by `tamis attribute build`."),
@@ -218,20 +274,8 @@ def query(
     _init_distributed()
     try:
         s = FactorStore.open(store)
-        kind = curvature if curvature != "auto" else curvature_kind_for(s.manifest)
-        cfg = CurvatureConfig(
-            kind=kind,
-            rank=rank_r,
-            damping=damping,
-            damping_mode=damping_mode,
-            granularity=granularity,
-            fisher=fisher,
-            n_samples=n_samples,
-        )
-        if tuned:
-            from tamis.attribution.tuning import load_tuning
-
-            cfg = load_tuning(store).curvature_config(cfg)
+        cfg = _curvature_config(s, curvature, rank_r, damping, damping_mode, granularity,
+                                fisher, n_samples, tuned)
         b = _bundle(task, cache_dir, data_dir,
                     _hf(model, data, queries, model_kind, layers, truncate))
         curv = _curvature_for(s, cfg, b)
