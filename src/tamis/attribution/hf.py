@@ -295,7 +295,7 @@ def context_length(model: nn.Module, default: int = 512) -> int:
 
 
 def hf_bundle(model: str, data: str, queries: str | None = None, kind: str | None = None,
-              pattern: str | None = None, truncate: bool = False, **_: Any):
+              pattern: str | None = None, truncate: bool = False):
     """A :class:`~tamis.attribution.examples.TaskBundle` of a local transformers model.
 
     ``queries`` defaults to ``data``. ``info["texts"]`` and ``info["query_texts"]`` keep
