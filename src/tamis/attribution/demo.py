@@ -34,7 +34,7 @@ SHOWN_QUERIES = 5
 SHOWN_EXAMPLES = 5
 
 
-def _topk_figure(bundle: TaskBundle, result: ScoreResult, path: Path, title: str) -> None:
+def _topk_figure(bundle: TaskBundle, result: ScoreResult, path: Path, heading: str) -> None:
     classes = bundle.info["classes"]
     xq, yq = bundle.queries.tensors
     xt, yt = bundle.train.tensors
@@ -51,7 +51,7 @@ def _topk_figure(bundle: TaskBundle, result: ScoreResult, path: Path, title: str
             ax.set_title(title, fontsize=6.5, color=color)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"{title}: query | 5 most helpful (+) | 5 most harmful (-)", fontsize=9)
+    fig.suptitle(f"{heading}: query | 5 most helpful (+) | 5 most harmful (-)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -174,8 +174,9 @@ and inverts the full damped Fisher per layer. The last row is the library's defa
 space of every layer side of at most 1,024, up to 16 factor pairs per layer but never more
 numbers than a dense 64 x 64 gradient (chosen by LDS on three settings, see
 <code>docs/attribution.md</code>); the pictures show its most helpful and harmful training
-images. Scores are for {len(bundle.queries)} test images; positive = the training image helps
-(lowers the query's loss).</p>
+images. The other rows use a 32 x 32 projection, so the default's store (unprojected on these
+small layers) is the largest here. Scores are for {len(bundle.queries)} test images;
+positive = the training image helps (lowers the query's loss).</p>
 <img src="attribution_topk.png" alt="most helpful and harmful training images">
 {html_table(header, table)}
 <img src="attribution_store_size.png" alt="store size per example">
