@@ -78,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--judge", choices=("cnn", "checker"), default="cnn", help="mining judge")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="", help="suffix of the results files")
+    p.add_argument("--ft-ema", type=float, default=0.0,
+                   help="EMA decay of the fine-tuned weights (0 = off, the default); the base "
+                        "model itself is an EMA (0.995) of its pretraining weights")
+    p.add_argument("--replay", type=int, default=0,
+                   help="correct renders of the training prompts mixed into every fine-tuning "
+                        "set (the same ones for every arm; a diagnostic, not the paper's "
+                        "protocol)")
     p.add_argument("--smoke", action="store_true", help="minutes-sized run of the same code")
     p.add_argument("--kind", choices=("both", "numerical", "spatial"), default="both",
                    help="prompt kinds mined, fine-tuned on and evaluated (the paper fine-tunes "
@@ -147,13 +154,20 @@ def _finetuned(base: ShapesWorldGenerator, images, captions, args, out: Path
     unet = copy.deepcopy(base.unet).train()
     cfg = FinetuneConfig(mode=args.ft_mode, blocks=args.ft_blocks, steps=args.ft_steps,
                          lr=args.ft_lr, batch_size=args.ft_batch if not args.smoke else 4,
-                         hflip="off", seed=0,
+                         hflip="off", seed=0, ema=args.ft_ema > 0,
+                         ema_decay=args.ft_ema if args.ft_ema > 0 else 0.999,
                          checkpoint_every=max(1, args.ft_steps // 4), progress=False)
     enc = base.text_encoder
     if args.snap_train:
         if isinstance(images, Path):
             images, captions = load_image_folder(images)
         images = snap_to_palette(images)
+    replay = getattr(args, "replay_set", None)
+    if replay is not None:  # the same correct renders mixed into every fine-tuning set
+        if isinstance(images, Path):
+            images, captions = load_image_folder(images)
+        images = np.concatenate([images, replay[0]])
+        captions = list(captions) + list(replay[1])
 
     def encode(texts: list[str]) -> torch.Tensor:
         with torch.no_grad():
@@ -216,6 +230,11 @@ def run(args: argparse.Namespace) -> dict:
                      "mining_judge": judge.name, "top_seeds": top,
                      "chi_square": stats.chi_square(obs), "arms": {}}
     pool = None
+    if args.replay:
+        rng = np.random.default_rng(40_000)
+        replay_prompts = _cycled(train, args.replay)
+        args.replay_set = (np.stack([scene_for_prompt(rng, q)[0] for q in replay_prompts]),
+                           [q.text for q in replay_prompts])
     for arm in ["base"] + [a for a in args.arms if a != "base"]:
         arm_dir = args.out / arm
         done = arm_dir / "result.json"
@@ -242,7 +261,9 @@ def run(args: argparse.Namespace) -> dict:
             rng = np.random.default_rng(30_000)
             prompts = _cycled(train, args.ft_images)
             images = np.stack([scene_for_prompt(rng, p)[0] for p in prompts])
-            n_train = len(prompts)
+            if args.replay:  # with replay, the oracle arm is the replayed renders alone
+                images, prompts = images[:0], []
+            n_train = len(prompts) + args.replay
             gen = _finetuned(base, images, [p.text for p in prompts], args, arm_dir)
         elif arm in ("ft_top_seeds", "ft_top_seeds_rectified"):
             mode = "none" if arm == "ft_top_seeds" else "rectify"
