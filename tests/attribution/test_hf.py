@@ -180,3 +180,23 @@ def test_hf_bad_input(gpt2_dir, tmp_path):
     res = CliRunner().invoke(app, ["attribute", "build", "--model", str(gpt2_dir),
                                    "--store", str(tmp_path / "s")])
     assert res.exit_code == 2 and "--model needs --data" in res.output
+
+
+def test_bf16_and_fp16_models_give_the_float32_gradients_approximately(gpt2_dir, tmp_path):
+    """A half-precision model's stored gradients are finite and close to float32's (the
+    capture and the loss run in float32 from the half-precision activations)."""
+    model, tok, _ = load_model(gpt2_dir)
+    data = text_dataset([{"text": t} for t in TEXTS], tok, "lm", 12)
+    layer = "transformer.h.1.mlp.c_fc"
+    rows = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        net = load_model(gpt2_dir)[0].to(dtype)
+        store = build_store(CausalLMTask(modules=[layer]), net, data, tmp_path / str(dtype),
+                            ProjectionConfig(kind="identity"), FactorConfig(12, "float32"),
+                            BuildConfig(batch_size=3, shard_size=4, progress=False))
+        rows[dtype] = torch.cat([c.dense(layer) for c in store.iter_chunks(dtype=torch.float32)])
+        assert torch.isfinite(rows[dtype]).all()
+    ref = rows[torch.float32]
+    for dtype, tol in ((torch.bfloat16, 0.05), (torch.float16, 0.01)):
+        err = (rows[dtype] - ref).norm() / ref.norm()
+        assert float(err) < tol, (dtype, float(err))
