@@ -16,7 +16,7 @@ from tamis._progress import track
 from tamis.attribution.capture import GradientCapture, resolve_layers
 from tamis.attribution.config import BuildConfig, FactorConfig, ProjectionConfig, to_dict
 from tamis.attribution.data import dataset_length, iter_batches
-from tamis.attribution.distributed import all_reduce_sum, barrier, process_group
+from tamis.attribution.distributed import all_reduce_sum, barrier, my_shards, process_group
 from tamis.attribution.errors import NonFiniteError
 from tamis.attribution.factors import dense_gradients, low_rank_factors
 from tamis.attribution.store import (
@@ -174,11 +174,11 @@ def build_store(
     if writer.manifest.get("complete"):
         return FactorStore(writer.path, writer.manifest)
     starts = list(range(0, n, build.shard_size))
-    todo = [i for i in range(len(starts)) if i % world == rank_id and i not in writer.done]
+    todo = [i for i in my_shards(len(starts)) if i not in writer.done]
     metric = None
     if factors.truncation == "whitened":
         metric = _truncation_metric(writer.path, task, capture, dataset, layout, factors, build,
-                                    collate_fn, starts, rank_id, world)
+                                    collate_fn, starts, rank_id)
     label = f"build {header['kind']} store" + (f" (rank {rank_id}/{world})" if world > 1 else "")
     with eval_mode(model):
         for index in track(todo, label, len(todo), build.progress):
@@ -209,7 +209,6 @@ def _truncation_metric(
     path: Path, task: AttributionTask, capture: GradientCapture, dataset: Any,
     layout: list[dict], factors: FactorConfig, build: BuildConfig,
     collate_fn: Callable[[Sequence[Any]], Any] | None, starts: list[int], rank_id: int,
-    world: int,
 ) -> dict[str, tuple[Whitening, Whitening]]:
     """Whitening per truncated layer from the covariances of one pass over the data.
 
@@ -235,7 +234,7 @@ def _truncation_metric(
                               torch.zeros(lay["d2"], lay["d2"], dtype=torch.float64)]
                 for lay in layout if lay["rank"] is not None}
         n = dataset_length(dataset)
-        mine = [i for i in range(len(starts)) if i % world == rank_id]
+        mine = my_shards(len(starts))
         with eval_mode(capture.model):
             for index in track(mine, "truncation metric (covariances)", len(mine),
                                build.progress):
@@ -243,7 +242,7 @@ def _truncation_metric(
                 for i, batch in enumerate(iter_batches(dataset, start, stop, build.batch_size,
                                                        collate_fn)):
                     captured = _capture_at(capture, task, batch, start + i * build.batch_size)
-                    for name, (ca, cb, _) in covariance_sums(captured).items():
+                    for name, (ca, cb) in covariance_sums(captured).items():
                         if name in sums:
                             sums[name][0] += ca.double()
                             sums[name][1] += cb.double()

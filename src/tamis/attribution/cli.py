@@ -49,6 +49,10 @@ MODEL_HELP = ("Local transformers model folder (AutoModelForCausalLM or "
               "AutoModelForSequenceClassification); replaces --task.")
 DATA_HELP = ("Training JSONL for --model: 'text' or 'prompt'/'completion' (causal LM), "
              "'text'/'label' (classifier).")
+# the transformers options shared by build, fit and query
+MODEL_OPT = typer.Option(None, help=MODEL_HELP)
+KIND_OPT = typer.Option(None, "--kind", help="lm | cls for --model (default: its config).")
+TRUNCATE_OPT = typer.Option(False, help="Cut texts longer than the model's context.")
 
 
 def _fail(err: Exception) -> None:
@@ -62,14 +66,13 @@ def build(
     task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
-    model: Path | None = typer.Option(None, help=MODEL_HELP),
+    model: Path | None = MODEL_OPT,
     data: Path | None = typer.Option(None, help=DATA_HELP),
-    model_kind: str | None = typer.Option(
-        None, "--kind", help="lm | cls for --model (default: its config)."),
+    model_kind: str | None = KIND_OPT,
     layers: str | None = typer.Option(
         None, help="Regular expression on module names to track (--model; default: every "
         "Linear / Conv1D but lm_head)."),
-    truncate: bool = typer.Option(False, help="Cut texts longer than the model's context."),
+    truncate: bool = TRUNCATE_OPT,
     method: str = typer.Option(
         DEFAULT_METHOD, help="Preset the store is built for: ekfac (default) | kfac | lorif "
         "(the paper's: 64 x 64, c = 1) | logra (dense) | grad_dot | grad_cos. Options "
@@ -191,12 +194,11 @@ def fit(
     task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
-    model: Path | None = typer.Option(None, help=MODEL_HELP),
+    model: Path | None = MODEL_OPT,
     data: Path | None = typer.Option(None, help=DATA_HELP + " The store's training data."),
-    model_kind: str | None = typer.Option(
-        None, "--kind", help="lm | cls for --model (default: its config)."),
+    model_kind: str | None = KIND_OPT,
     layers: str | None = typer.Option(None, help="The --layers the store was built with."),
-    truncate: bool = typer.Option(False, help="Cut texts longer than the model's context."),
+    truncate: bool = TRUNCATE_OPT,
     curvature: str = typer.Option("auto", help="auto (the store's preset) | lowrank | dense | "
                                   "identity | ekfac | kfac."),
     rank_r: int = typer.Option(256, help="Curvature rank r (lowrank; clipped to D)."),
@@ -237,13 +239,12 @@ def query(
     task: str = typer.Option(DEFAULT_TASK, help=TASK_HELP),
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
-    model: Path | None = typer.Option(None, help=MODEL_HELP),
+    model: Path | None = MODEL_OPT,
     data: Path | None = typer.Option(None, help=DATA_HELP + " The store's training data."),
     queries: Path | None = typer.Option(None, help="Query JSONL for --model (default: --data)."),
-    model_kind: str | None = typer.Option(
-        None, "--kind", help="lm | cls for --model (default: its config)."),
+    model_kind: str | None = KIND_OPT,
     layers: str | None = typer.Option(None, help="The --layers the store was built with."),
-    truncate: bool = typer.Option(False, help="Cut texts longer than the model's context."),
+    truncate: bool = TRUNCATE_OPT,
     curvature: str = typer.Option(
         "auto", help="auto (the store's preset: ekfac, lowrank for lorif, dense for logra, "
         "...) | lowrank | dense | identity | ekfac | kfac (Kronecker: extra passes over the "

@@ -28,7 +28,7 @@ def barrier() -> None:
 
 
 def my_shards(num_shards: int) -> list[int]:
-    """Indices of the shards this rank owns (all of them in one process)."""
+    """Indices of the shards (or batches) this rank owns: i mod W == rank; all in one process."""
     rank, world = process_group()
     return [i for i in range(num_shards) if i % world == rank]
 

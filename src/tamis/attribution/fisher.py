@@ -30,7 +30,7 @@ from torch import nn
 from tamis.attribution.capture import GradientCapture, LayerCapture, resolve_layers
 from tamis.attribution.config import CurvatureConfig, ProjectionConfig
 from tamis.attribution.data import dataset_length, iter_batches
-from tamis.attribution.distributed import process_group
+from tamis.attribution.distributed import my_shards
 from tamis.attribution.errors import AttributionError, NonFiniteError
 from tamis.attribution.factors import dense_gradients
 from tamis.attribution.store import FactorStore
@@ -138,9 +138,7 @@ class FisherSource:
         Under torch.distributed batch b goes to rank b mod W and its sampled labels are
         seeded by the global b, so the ranks' sums add up to the one-process pass.
         """
-        rank, world = process_group()
-        total = -(-self.num_examples // self.batch_size)
-        return [b for b in range(total) if b % world == rank]
+        return my_shards(-(-self.num_examples // self.batch_size))
 
     def _losses(self, b: int) -> list[Callable[[Any, nn.Module], torch.Tensor]]:
         if self.kind == "empirical":

@@ -48,7 +48,6 @@ from tamis.attribution.task import AttributionTask
 
 Method = Literal["lorif", "logra", "grad_dot", "grad_cos", "ekfac", "kfac"]
 METHODS = ("lorif", "logra", "grad_dot", "grad_cos", "ekfac", "kfac")
-_KINDS = {"lorif": "lowrank", "logra": "dense", "ekfac": "ekfac", "kfac": "kfac"}
 
 
 class Attributor:
@@ -106,9 +105,8 @@ class Attributor:
             if rank_c is not None and not factors.dense:
                 factors = replace(factors, rank=rank_c, max_numbers=None)
         self.factors = factors
-        kind = _KINDS.get(method, "identity")
         base = curvature or replace(p.curvature, rank=rank_r)
-        self.curvature_config = replace(base, kind=kind)
+        self.curvature_config = replace(base, kind=p.curvature.kind)
         self.build_config = build or BuildConfig()
         self.compute_dtype = compute_dtype
         self.store: FactorStore | None = None

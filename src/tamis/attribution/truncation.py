@@ -67,13 +67,13 @@ def whitening(cov: torch.Tensor, damping: float) -> Whitening:
     return Whitening(fwd.to(cov.dtype), inv.to(cov.dtype))
 
 
-def covariance_sums(captured: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
-    """Per layer: sum of a a^T, sum of b b^T over every token of a captured batch, and tokens."""
+def covariance_sums(captured: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer: sum of a a^T and sum of b b^T over every token of a captured batch."""
     out = {}
     for name, cap in captured.items():
         a = cap.a.reshape(-1, cap.a.shape[-1])
         b = cap.b.reshape(-1, cap.b.shape[-1])
-        out[name] = (a.T @ a, b.T @ b, a.shape[0])
+        out[name] = (a.T @ a, b.T @ b)
     return out
 
 
