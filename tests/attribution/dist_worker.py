@@ -104,3 +104,35 @@ def dying_build_rank(rank: int, world: int, path: str, port: int) -> None:
                     BuildConfig(batch_size=4, shard_size=4, progress=False))
     finally:
         dist.destroy_process_group()
+
+
+def dying_curvature_rank(rank: int, world: int, store_path: str, out_dir: str,
+                         port: int) -> None:
+    """Rank 1 dies at its second all-reduce inside the curvature fit; rank 0 records the
+    error it gets (a DistributedError naming the stage) and whether anything was saved."""
+    from datetime import timedelta
+    from pathlib import Path
+
+    from tamis.attribution import CurvatureConfig, FactorStore, fit_curvature
+    from tamis.attribution.errors import DistributedError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=20))
+    if rank == 1:
+        real, calls = dist.all_reduce, [0]
+
+        def dying(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 2:
+                os._exit(3)
+            return real(*args, **kwargs)
+
+        dist.all_reduce = dying
+    store = FactorStore.open(store_path)
+    try:
+        fit_curvature(store, CurvatureConfig(kind="lowrank", rank=3, oversample=2),
+                      torch.float64, progress=False).save(Path(out_dir) / "curvature.pt")
+        Path(out_dir, f"rank{rank}.txt").write_text("finished")
+    except DistributedError as err:
+        Path(out_dir, f"rank{rank}.txt").write_text(str(err))

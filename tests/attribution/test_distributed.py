@@ -89,3 +89,27 @@ def test_a_rank_dying_mid_build_leaves_a_store_that_resumes_identically(tmp_path
     assert resumed.manifest["complete"]
     assert [s["sha256"] for s in resumed.manifest["shards"]] == [
         s["sha256"] for s in reference.manifest["shards"]]
+
+
+def test_a_rank_dying_during_the_curvature_fit_is_named_and_nothing_is_saved(tmp_path):
+    """Rank 1 dies inside the distributed curvature; rank 0 gets a DistributedError naming
+    the stage (not a backend traceback, not a hang) and no curvature file is written."""
+    from attribution.dist_worker import dying_curvature_rank
+
+    build_store(SequenceTask(), tiny_lm(), token_data(23), tmp_path / "s",
+                ProjectionConfig(d1=4, d2=4, seed=2), FactorConfig(2, "float64"),
+                BuildConfig(batch_size=3, shard_size=4, compute_dtype="float64",
+                            progress=False))
+    ctx, port = mp.get_context("spawn"), _free_port()
+    procs = [ctx.Process(target=dying_curvature_rank,
+                         args=(r, 2, str(tmp_path / "s"), str(tmp_path), port))
+             for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 3]
+    msg = (tmp_path / "rank0.txt").read_text()
+    assert "during the curvature fit" in msg and "rank 0 of 2" in msg
+    assert "Restart every rank" in msg
+    assert not (tmp_path / "curvature.pt").exists()

@@ -16,7 +16,13 @@ from tamis._progress import track
 from tamis.attribution.capture import GradientCapture, resolve_layers
 from tamis.attribution.config import BuildConfig, FactorConfig, ProjectionConfig, to_dict
 from tamis.attribution.data import dataset_length, iter_batches
-from tamis.attribution.distributed import all_reduce_sum, barrier, my_shards, process_group
+from tamis.attribution.distributed import (
+    all_reduce_sum,
+    barrier,
+    distributed_stage,
+    my_shards,
+    process_group,
+)
 from tamis.attribution.errors import NonFiniteError
 from tamis.attribution.factors import dense_gradients, low_rank_factors
 from tamis.attribution.store import (
@@ -96,6 +102,7 @@ def projection_header(projection: ProjectionConfig) -> dict:
     return to_dict(projection)
 
 
+@distributed_stage("the store build")
 def build_store(
     task: AttributionTask,
     model: nn.Module,

@@ -21,7 +21,7 @@ from tamis.attribution.config import (
 )
 from tamis.attribution.curvature import Curvature, fit_curvature
 from tamis.attribution.distributed import process_group
-from tamis.attribution.errors import AttributionError
+from tamis.attribution.errors import AttributionError, DistributedError
 from tamis.attribution.examples import load_factory
 from tamis.attribution.presets import DEFAULT_METHOD, curvature_kind_for, preset
 from tamis.attribution.scoring import compute_scores
@@ -125,7 +125,7 @@ def build(
             overwrite=overwrite,
             preset="logra" if dense else method,
         )
-    except (AttributionError, ValueError, FileNotFoundError) as err:
+    except (AttributionError, DistributedError, ValueError, FileNotFoundError) as err:
         _fail(err)
     import torch.distributed as dist
 
@@ -154,7 +154,10 @@ def _init_distributed() -> None:
 
         def _leave() -> None:  # every rank waits for the others, then tears down cleanly
             if dist.is_initialized():
-                dist.barrier()
+                try:
+                    dist.barrier()
+                except RuntimeError:  # a rank already died: its error was reported
+                    pass
                 dist.destroy_process_group()
 
         atexit.register(_leave)
@@ -222,7 +225,7 @@ def fit(
         b = _bundle(task, cache_dir, data_dir, _hf(model, data, None, model_kind, layers,
                                                     truncate))
         curv = _curvature_for(s, cfg, b)
-    except (AttributionError, ValueError, FileNotFoundError) as err:
+    except (AttributionError, DistributedError, ValueError, FileNotFoundError) as err:
         _fail(err)
     if process_group()[0] == 0:
         console.print(f"{curv.kind} curvature ({cfg.fisher} Fisher, {len(curv.blocks)} "
@@ -292,7 +295,7 @@ def query(
         }
         if self_scores:
             arrays["self_influence"] = self_influence(s, curv).numpy()
-    except (AttributionError, ValueError, FileNotFoundError) as err:
+    except (AttributionError, DistributedError, ValueError, FileNotFoundError) as err:
         _fail(err)
     if process_group()[0] != 0:
         return
@@ -403,7 +406,7 @@ def tune(
                 "measures LDS against retrained models"
             )
         res = run_tune(b.task, b.model, b.train, b.queries, s, b.retrain, cfg)
-    except (AttributionError, ValueError, FileNotFoundError) as err:
+    except (AttributionError, DistributedError, ValueError, FileNotFoundError) as err:
         _fail(err)
     table = Table(title=f"tuning on {subsets} retrained subsets (LDS of the query loss)")
     for col in ("curvature", "Fisher", "r", "damping", "LDS", "95% CI"):

@@ -44,7 +44,13 @@ from safetensors.torch import load_file, save_file
 from tamis._io import atomic_path
 from tamis._progress import track
 from tamis.attribution.config import CurvatureConfig, to_dict
-from tamis.attribution.distributed import all_reduce_float, all_reduce_sum, my_shards, process_group
+from tamis.attribution.distributed import (
+    all_reduce_float,
+    all_reduce_sum,
+    distributed_stage,
+    my_shards,
+    process_group,
+)
 from tamis.attribution.errors import AttributionError, StoreError, StoreMismatchError
 from tamis.attribution.kronecker import KRONECKER_KINDS, fit_kronecker, kronecker_apply
 from tamis.attribution.store import FactorStore
@@ -319,6 +325,7 @@ def _nystrom(sketch: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, t
     return vals.to(sketch.dtype), u.to(sketch.dtype)
 
 
+@distributed_stage("the curvature fit")
 def fit_curvature(
     store: FactorStore,
     config: CurvatureConfig | None = None,

@@ -6,12 +6,59 @@ basis) are all-reduced and per-example outputs (score columns, self-influence) a
 into full-size buffers that are zero outside a rank's rows. gloo on CPU, nccl on GPUs (CPU
 tensors are moved to the rank's device for the collective and back). Outside an initialised
 process group every helper is the identity, so single-process code pays nothing.
+
+A rank that dies (or stops answering past the group's timeout) makes the others' next
+collective fail; every helper turns that into one :class:`DistributedError` naming the stage
+(``@distributed_stage``), instead of a backend traceback or a hang.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.distributed as dist
+
+from tamis.attribution.errors import DistributedError
+
+_STAGES: list[str] = []
+_F = TypeVar("_F", bound=Callable)
+
+
+def distributed_stage(name: str) -> Callable[[_F], _F]:
+    """Name the pipeline stage a function runs, for the error a lost rank raises."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            _STAGES.append(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _STAGES.pop()
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+def _collective(op: Callable, *args) -> None:  # noqa: ANN002
+    """Run a torch.distributed collective; a lost peer becomes a :class:`DistributedError`."""
+    try:
+        op(*args)
+    except RuntimeError as err:  # gloo/nccl: connection closed by peer, timeout, ...
+        rank, world = dist.get_rank(), dist.get_world_size()
+        what = _STAGES[-1] if _STAGES else "a collective operation"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's source-location prefix
+        raise DistributedError(
+            f"rank {rank} of {world}: another rank died or stopped answering during {what} "
+            f"({first[:200]}). Nothing of this stage was saved; shards already written are "
+            "kept. Restart every rank (torchrun) to redo it."
+        ) from None
 
 
 def process_group() -> tuple[int, int]:
@@ -24,7 +71,7 @@ def process_group() -> tuple[int, int]:
 def barrier() -> None:
     """A barrier across ranks (no-op in one process)."""
     if process_group()[1] > 1:
-        dist.barrier()
+        _collective(dist.barrier)
 
 
 def my_shards(num_shards: int) -> list[int]:
@@ -45,7 +92,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         return t
     dev = _device()
     buf = t.detach().to(dev).contiguous().clone()
-    dist.all_reduce(buf)
+    _collective(dist.all_reduce, buf)
     return buf.to(t.device)
 
 
@@ -62,5 +109,5 @@ def all_gather_objects(obj):
     if world == 1:
         return [obj]
     out = [None] * world
-    dist.all_gather_object(out, obj)
+    _collective(dist.all_gather_object, out, obj)
     return out

@@ -19,3 +19,7 @@ class StoreError(AttributionError):
 
 class StoreMismatchError(StoreError):
     """The store was built for another model, layer set or projection."""
+
+
+class DistributedError(RuntimeError):
+    """A rank left the process group (died or stopped answering) during a collective."""

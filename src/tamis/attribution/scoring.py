@@ -25,6 +25,7 @@ from tamis.attribution.curvature import Curvature, store_identity
 from tamis.attribution.distributed import (
     all_gather_objects,
     all_reduce_sum,
+    distributed_stage,
     my_shards,
     process_group,
 )
@@ -175,6 +176,7 @@ def _train_norms(chunk: StoreChunk) -> torch.Tensor:
     return total
 
 
+@distributed_stage("scoring")
 def score_gradients(
     queries: dict,
     store: FactorStore,
@@ -278,6 +280,7 @@ def compute_scores(
     return result
 
 
+@distributed_stage("self-influence")
 def self_influence(
     store: FactorStore,
     curvature: Curvature,
