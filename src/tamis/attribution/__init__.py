@@ -8,6 +8,9 @@ The engine, in the order data flows through it:
 3. :func:`fit_curvature` -- streaming randomized SVD + Woodbury preconditioner.
 4. :func:`compute_scores` / :func:`self_influence` -- precondition queries, stream the store.
 
+:class:`StoreCallback` (``tamis.attribution.trainer``, imported lazily with transformers)
+collects the store inside a transformers ``Trainer``'s own training steps.
+
 :class:`Attributor` wraps the four steps with method presets
 (:mod:`~tamis.attribution.presets`): ``ekfac`` (the default, chosen by measurement), ``kfac``,
 ``lorif`` (the paper's), ``logra``, ``grad_dot``, ``grad_cos``.
@@ -36,7 +39,20 @@ from tamis.attribution.scoring import ScoreResult, compute_scores, score_gradien
 from tamis.attribution.store import FactorStore
 from tamis.attribution.task import AttributionTask
 
+_LAZY = {"StoreCallback": "tamis.attribution.trainer"}  # imports transformers on first use
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    """Lazily import the transformers-dependent names (``StoreCallback``)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tamis.attribution' has no attribute {name!r}")
+
+
 __all__ = [
+    "StoreCallback",
     "DEFAULT_METHOD",
     "PRESETS",
     "Preset",
