@@ -101,16 +101,17 @@ def train_ddpm(args: argparse.Namespace) -> None:
     ema = EMAModel(unet.parameters(), decay=args.ema, use_ema_warmup=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     sched = DDPMScheduler(**SCHEDULER)
+    horizon = args.schedule_steps or args.steps
     lr_at = lambda s: args.lr * min(1.0, (s + 1) / 500) * 0.5 * (  # noqa: E731
-        1 + np.cos(np.pi * min(s, args.steps) / args.steps))
+        1 + np.cos(np.pi * min(s, horizon) / horizon))
     state_file = args.run / "state.pt"
-    step, log = 0, []
+    step, log, evals = 0, [], []
     if state_file.exists():
         st = torch.load(state_file, weights_only=False)
         unet.load_state_dict(st["unet"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
-        step, log = st["step"], st["log"]
+        step, log, evals = st["step"], st["log"], st.get("evals", [])
         torch.set_rng_state(st["rng"])
         print(f"resumed at step {step}", flush=True)
     f_e = load_checkpoint(args.out / "extractor_eval.safetensors")
@@ -136,15 +137,17 @@ def train_ddpm(args: argparse.Namespace) -> None:
             ema.copy_to(eval_unet.parameters())
             rep = coverage_report(eval_unet.eval(), f_e)
             rate = (time.time() - t0) / max(1, step - start_step)
-            print(f"step {step} loss {np.mean(log[-args.save_every:]):.4f} "
-                  f"coverage {rep['fake']['coverage']:.3f} "
-                  f"(real {rep['real_vs_real']['coverage']:.3f}) "
-                  f"precision {rep['fake']['precision']:.3f} recall {rep['fake']['recall']:.3f} "
-                  f"[{rate:.3f} s/step]", flush=True)
+            evals.append(f"step {step} loss {np.mean(log[-args.save_every:]):.4f} "
+                         f"coverage {rep['fake']['coverage']:.3f} "
+                         f"(real {rep['real_vs_real']['coverage']:.3f}) "
+                         f"precision {rep['fake']['precision']:.3f} "
+                         f"recall {rep['fake']['recall']:.3f} [{rate:.3f} s/step]")
+            print(evals[-1], flush=True)
             args.run.mkdir(parents=True, exist_ok=True)
             with atomic_path(state_file) as tmp:
                 torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(),
                             "opt": opt.state_dict(), "step": step, "log": log,
+                            "evals": evals,
                             "rng": torch.get_rng_state()}, tmp)
             with atomic_path(args.run / f"eval_{step}.json") as tmp:
                 tmp.write_text(json.dumps(rep, indent=1))
@@ -154,9 +157,18 @@ def train_ddpm(args: argparse.Namespace) -> None:
         args.out / "ddpm", safe_serialization=True)
     (args.out / "ddpm" / "TRAINED_BY.txt").write_text(
         "benchmarks/density/train_digits.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "only")
-        + f"\nsteps {step}, final loss {np.mean(log[-500:]):.4f}\n")
+            f"--{k.replace('_', '-')} {_rel(v)}" for k, v in vars(args).items()
+            if k != "only" and v is not None)
+        + f"\nsteps {step}, final loss {np.mean(log[-500:]):.4f}\n"
+        + "".join(f"{line}\n" for line in evals))
     print(f"saved {args.out / 'ddpm'}", flush=True)
+
+
+def _rel(v: object) -> object:
+    """Paths inside the repository, relative to its root (for the reproduction record)."""
+    if isinstance(v, Path) and v.is_relative_to(ROOT):
+        return v.relative_to(ROOT)
+    return v
 
 
 def main() -> None:
@@ -164,6 +176,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", default="extractors,ddpm")
     ap.add_argument("--steps", type=int, default=15000)
+    ap.add_argument("--schedule-steps", type=int, default=None,
+                    help="length of the cosine schedule (default --steps); stopping earlier "
+                         "than the schedule is --steps N --schedule-steps M")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ema", type=float, default=0.999)
