@@ -200,3 +200,87 @@ def test_bf16_and_fp16_models_give_the_float32_gradients_approximately(gpt2_dir,
     for dtype, tol in ((torch.bfloat16, 0.05), (torch.float16, 0.01)):
         err = (rows[dtype] - ref).norm() / ref.norm()
         assert float(err) < tol, (dtype, float(err))
+
+
+LONG = ["the cat sat on a mat and the dog ran on the log", "a big red dog",
+        "small blue cat and big red dog sat on a mat and ran"]
+
+
+def test_windows_cover_every_target_once_and_bound_the_width(gpt2_dir):
+    from tamis.attribution.hf import split_windows
+
+    ids = list(range(11))
+    parts = split_windows(ids, ids, 4)
+    assert [p[0] for p in parts] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9], [9, 10]]
+    targets = [t for p, _ in parts for t in p[1:]]  # next-token targets inside each window
+    assert targets == ids[1:]
+    assert split_windows(ids[:4], ids[:4], 4) == [(ids[:4], ids[:4])]
+    _, tok, _ = load_model(gpt2_dir)
+    data = text_dataset([{"text": t} for t in LONG], tok, "lm", 12, window=5)
+    assert data.tensors[0].shape[1] == 5  # no row wider than the window
+    lengths = [len(tok(t)["input_ids"]) for t in LONG]
+    expected = [max(1, -(-(n - 1) // 4)) for n in lengths]
+    assert data.groups.tolist() == [g for g, k in enumerate(expected) for _ in range(k)]
+    assert data.num_records == 3
+    with pytest.raises(ValueError, match="between 2 and the model's context"):
+        text_dataset([{"text": "a"}], tok, "lm", 12, window=13)
+    with pytest.raises(ValueError, match="classifier reads one sequence"):
+        text_dataset([{"text": "a", "label": 0}], tok, "cls", 12, window=4)
+
+
+def test_windowed_scores_sum_to_the_document_gradient_scores(gpt2_dir, tmp_path):
+    """Identity projection, exact factors, grad-dot: the summed window scores of each pair of
+    texts equal the dot product of their autograd gradients of the windowed loss."""
+    from tamis.attribution import CurvatureConfig, ScoreConfig, compute_scores, fit_curvature
+    from tamis.attribution.hf import split_windows, sum_windows
+
+    model, tok, _ = load_model(gpt2_dir)
+    model = model.double()
+    layer = "transformer.h.0.mlp.c_fc"
+    data = text_dataset([{"text": t} for t in LONG], tok, "lm", 12, window=5)
+    task = CausalLMTask(modules=[layer])
+    store = build_store(task, model, data, tmp_path / "s", ProjectionConfig(kind="identity"),
+                        FactorConfig(5, "float64"), QUIET)
+    curv = fit_curvature(store, CurvatureConfig(kind="identity"), torch.float64,
+                         progress=False)
+    res = compute_scores(task, model, data, store, curv, ScoreConfig(progress=False),
+                         torch.float64)
+    per_text = sum_windows(res.scores, data.groups, data.groups)
+    module = dict(model.named_modules())[layer]
+
+    def doc_grad(text: str) -> torch.Tensor:
+        ids = tok(text)["input_ids"]
+        loss = 0.0
+        for w_ids, _ in split_windows(ids, ids, 5):
+            x = torch.tensor([w_ids])
+            logits = model(input_ids=x).logits[0, :-1]
+            loss = loss + F.cross_entropy(logits, x[0, 1:], reduction="sum")
+        gw, gb = torch.autograd.grad(loss, [module.weight, module.bias])
+        return torch.cat([gw, gb[None]], 0).reshape(-1)
+
+    grads = torch.stack([doc_grad(t) for t in LONG])
+    torch.testing.assert_close(per_text, grads @ grads.T, rtol=1e-7, atol=1e-10)
+
+
+def test_cli_windows_report_texts_not_windows(gpt2_dir, tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"text": t} for t in LONG])
+    queries = _jsonl(tmp_path / "q.jsonl", [{"text": LONG[0]}])
+    runner = CliRunner()
+    store = str(tmp_path / "w")
+    common = ["--model", str(gpt2_dir), "--data", str(train), "--store", store]
+    res = runner.invoke(app, ["attribute", "build", *common, "--shard-size", "4"])
+    assert res.exit_code == 2 and "--window" in res.output  # too long without windows
+    res = runner.invoke(app, ["attribute", "build", *common, "--window", "6"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "scores.npz"
+    res = runner.invoke(app, ["attribute", "query", *common, "--queries", str(queries),
+                              "--out", str(out), "--top-k", "2", "--window", "6"])
+    assert res.exit_code == 0, res.output
+    arrays = np.load(out)
+    assert arrays["scores"].shape == (1, 3) and arrays["window_scores"].shape[0] > 1
+    top = json.loads(out.with_suffix(".top.jsonl").read_text().splitlines()[0])
+    assert [h["text"] for h in top["helpful"]] == [LONG[i] for i in
+                                                   arrays["helpful_indices"][0]]
+    res = runner.invoke(app, ["attribute", "query", *common, "--queries", str(queries),
+                              "--out", str(out), "--window", "3"])
+    assert res.exit_code == 2 and "built with" in res.output

@@ -53,6 +53,10 @@ DATA_HELP = ("Training JSONL for --model: 'text' or 'prompt'/'completion' (causa
 MODEL_OPT = typer.Option(None, help=MODEL_HELP)
 KIND_OPT = typer.Option(None, "--kind", help="lm | cls for --model (default: its config).")
 TRUNCATE_OPT = typer.Option(False, help="Cut texts longer than the model's context.")
+WINDOW_OPT = typer.Option(
+    None, help="Causal LM: split texts longer than N tokens into windows overlapping by one "
+    "token (memory bounded by N); a text's score is the sum of its windows'. Give the same "
+    "N to build, fit and query.")
 
 
 def _fail(err: Exception) -> None:
@@ -73,6 +77,7 @@ def build(
         None, help="Regular expression on module names to track (--model; default: every "
         "Linear / Conv1D but lm_head)."),
     truncate: bool = TRUNCATE_OPT,
+    window: int | None = WINDOW_OPT,
     method: str = typer.Option(
         DEFAULT_METHOD, help="Preset the store is built for: ekfac (default) | kfac | lorif "
         "(the paper's: 64 x 64, c = 1) | logra (dense) | grad_dot | grad_cos. Options "
@@ -113,7 +118,8 @@ def build(
         factors = replace(p.factors, dtype=dtype, truncation=truncation)
         if rank_c is not None and not factors.dense:
             factors = replace(factors, rank=rank_c, max_numbers=None)
-        b = _bundle(task, cache_dir, data_dir, _hf(model, data, None, model_kind, layers, truncate))
+        b = _bundle(task, cache_dir, data_dir, _hf(model, data, None, model_kind, layers, truncate,
+                                                      window))
         s = build_store(
             b.task,
             b.model,
@@ -133,12 +139,12 @@ def build(
         _print_info(s)
 
 
-def _hf(model, data, queries, kind, layers, truncate) -> dict | None:
+def _hf(model, data, queries, kind, layers, truncate, window=None) -> dict | None:
     if model is None:
         return None
     return {"model": str(model), "data": None if data is None else str(data),
             "queries": None if queries is None else str(queries), "kind": kind,
-            "pattern": layers, "truncate": truncate}
+            "pattern": layers, "truncate": truncate, "window": window}
 
 
 def _init_distributed() -> None:
@@ -202,6 +208,7 @@ def fit(
     model_kind: str | None = KIND_OPT,
     layers: str | None = typer.Option(None, help="The --layers the store was built with."),
     truncate: bool = TRUNCATE_OPT,
+    window: int | None = WINDOW_OPT,
     curvature: str = typer.Option("auto", help="auto (the store's preset) | lowrank | dense | "
                                   "identity | ekfac | kfac."),
     rank_r: int = typer.Option(256, help="Curvature rank r (lowrank; clipped to D)."),
@@ -223,7 +230,7 @@ def fit(
         cfg = _curvature_config(s, curvature, rank_r, damping, damping_mode, granularity,
                                 fisher, n_samples, tuned)
         b = _bundle(task, cache_dir, data_dir, _hf(model, data, None, model_kind, layers,
-                                                    truncate))
+                                                    truncate, window))
         curv = _curvature_for(s, cfg, b)
     except (AttributionError, DistributedError, ValueError, FileNotFoundError) as err:
         _fail(err)
@@ -248,6 +255,7 @@ def query(
     model_kind: str | None = KIND_OPT,
     layers: str | None = typer.Option(None, help="The --layers the store was built with."),
     truncate: bool = TRUNCATE_OPT,
+    window: int | None = WINDOW_OPT,
     curvature: str = typer.Option(
         "auto", help="auto (the store's preset: ekfac, lowrank for lorif, dense for logra, "
         "...) | lowrank | dense | identity | ekfac | kfac (Kronecker: extra passes over the "
@@ -281,7 +289,12 @@ def query(
         cfg = _curvature_config(s, curvature, rank_r, damping, damping_mode, granularity,
                                 fisher, n_samples, tuned)
         b = _bundle(task, cache_dir, data_dir,
-                    _hf(model, data, queries, model_kind, layers, truncate))
+                    _hf(model, data, queries, model_kind, layers, truncate, window))
+        if "texts" in b.info and len(b.train) != s.num_examples:
+            raise ValueError(
+                f"the store holds {s.num_examples} rows but --data gives {len(b.train)} "
+                f"({'windows' if window else 'texts'}): give query the --data, --truncate "
+                "and --window the store was built with")
         curv = _curvature_for(s, cfg, b)
         result = compute_scores(
             b.task, b.model, b.queries, s, curv, ScoreConfig(normalize=normalize, top_k=top_k)
@@ -293,7 +306,12 @@ def query(
             "harmful_indices": result.harmful.indices.numpy(),
             "harmful_scores": result.harmful.values.numpy(),
         }
+        if b.info.get("window") is not None:
+            arrays = _records_from_windows(result.scores, b.info, top_k)
         if self_scores:
+            if b.info.get("window") is not None:
+                raise ValueError("--self-scores is per store row; with --window a text's "
+                                 "self-influence is not the sum of its windows'")
             arrays["self_influence"] = self_influence(s, curv).numpy()
     except (AttributionError, DistributedError, ValueError, FileNotFoundError) as err:
         _fail(err)
@@ -316,6 +334,21 @@ def query(
             f"query {q}: most helpful {arrays['helpful_indices'][q][:5].tolist()}, "
             f"most harmful {arrays['harmful_indices'][q][:5].tolist()}"
         )
+
+
+def _records_from_windows(scores, info: dict, top_k: int) -> dict:
+    """Window scores summed per text on both axes, with the top-k recomputed per text."""
+    import torch
+
+    from tamis.attribution.hf import sum_windows
+
+    per_text = sum_windows(scores, info["groups"], info["query_groups"])
+    k = min(top_k, per_text.shape[1])
+    best, worst = per_text.topk(k, dim=1), (-per_text).topk(k, dim=1)
+    return {"scores": per_text.numpy(), "window_scores": scores.numpy(),
+            "helpful_indices": best.indices.numpy(), "helpful_scores": best.values.numpy(),
+            "harmful_indices": worst.indices.numpy(),
+            "harmful_scores": torch.neg(worst.values).numpy()}
 
 
 def _print_texts(info: dict, arrays: dict, path: Path) -> None:

@@ -174,9 +174,62 @@ def _label_id(value: Any, label2id: dict | None, where: str) -> int:
     return int(label2id[value])
 
 
+class TextDataset(TensorDataset):
+    """``(input_ids, attention_mask, labels)`` rows plus ``groups``: the record of each row.
+
+    Without windows every row is one record (``groups = arange(n)``); with windows a long
+    record spans several consecutive rows. Influence is linear in the training (and query)
+    gradient, so a record's score is the sum of its rows' scores (:func:`sum_windows`).
+    """
+
+    def __init__(self, *tensors: torch.Tensor, groups: torch.Tensor) -> None:
+        super().__init__(*tensors)
+        self.groups = groups
+        self.num_records = int(groups.max()) + 1 if groups.numel() else 0
+
+
+def split_windows(ids: list[int], labels: list[int], window: int
+                  ) -> list[tuple[list[int], list[int]]]:
+    """Cut one token sequence into windows of at most ``window`` tokens, overlapping by one.
+
+    Window ``w`` covers tokens ``[w (window - 1), w (window - 1) + window)``. A causal LM
+    predicts token ``t + 1`` from the tokens up to ``t`` inside a window, so with the
+    one-token overlap every token but the first is a next-token target exactly once, as in
+    the unsplit sequence (only the context beyond the window is lost); the memory of a
+    forward/backward pass is bounded by the window.
+    """
+    if window < 2:
+        raise ValueError(f"window must be >= 2 tokens, got {window}")
+    if len(ids) <= window:
+        return [(ids, labels)]
+    stride = window - 1
+    out = []
+    for start in range(0, len(ids) - 1, stride):
+        out.append((ids[start:start + window], labels[start:start + window]))
+        if start + window >= len(ids):
+            break
+    return out
+
+
+def sum_windows(scores: torch.Tensor, train_groups: torch.Tensor,
+                query_groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores ``(Q_rows, N_rows)`` summed over the windows of each record, on both axes.
+
+    Exact: an example's gradient is the sum of its windows' gradients and every score is
+    linear in each gradient. Returns ``(Q_records, N_records)``.
+    """
+    n = int(train_groups.max()) + 1
+    out = scores.new_zeros(scores.shape[0], n).index_add_(1, train_groups.to(scores.device),
+                                                            scores)
+    if query_groups is None:
+        return out
+    q = int(query_groups.max()) + 1
+    return out.new_zeros(q, n).index_add_(0, query_groups.to(out.device), out)
+
+
 def text_dataset(records: list[dict], tokenizer: Any, kind: str, max_length: int,
                  truncate: bool = False, label2id: dict | None = None,
-                 source: str = "data") -> TensorDataset:
+                 source: str = "data", window: int | None = None) -> TextDataset:
     """Right-padded ``(input_ids, attention_mask, labels)`` tensors from JSONL records.
 
     Args:
@@ -186,10 +239,14 @@ def text_dataset(records: list[dict], tokenizer: Any, kind: str, max_length: int
         kind: ``"lm"`` (labels = the token ids, -100 on the prompt and the padding) or
             ``"cls"`` (labels = one class id per example).
         max_length: the model's context; a longer sequence is an error unless
-            ``truncate``.
+            ``truncate`` or ``window``.
         truncate: cut sequences to ``max_length`` instead of failing.
         label2id: label names of a classifier.
         source: the file name used in error messages.
+        window: causal LM only: split sequences longer than ``window`` tokens (at most
+            ``max_length``) into windows overlapping by one token (:func:`split_windows`),
+            one dataset row each; ``groups`` maps rows to records. Bounds the memory of
+            a pass for long documents.
 
     Raises:
         ValueError: missing fields, a bad label, or a sequence longer than ``max_length``.
@@ -197,11 +254,18 @@ def text_dataset(records: list[dict], tokenizer: Any, kind: str, max_length: int
     """
     if kind not in ("lm", "cls"):
         raise ValueError(f"kind must be 'lm' or 'cls', got {kind!r}")
+    if window is not None:
+        if kind != "lm":
+            raise ValueError("windows apply to causal LM texts; a classifier reads one "
+                             "sequence per label: use truncate=True")
+        if not 2 <= window <= max_length:
+            raise ValueError(f"window must be between 2 and the model's context "
+                             f"{max_length}, got {window}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id
     if pad is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token")
-    rows, labels = [], []
+    rows, labels, groups = [], [], []
     for i, rec in enumerate(records, 1):
         where = f"{source} record {i}"
         if kind == "cls" or "text" in rec:
@@ -216,16 +280,23 @@ def text_dataset(records: list[dict], tokenizer: Any, kind: str, max_length: int
         else:
             raise ValueError(f"{where} needs 'text' or 'prompt' + 'completion' "
                              f"(fields: {sorted(rec)})")
+        if window is not None:
+            parts = split_windows(ids, lab, window)
+            rows += parts
+            groups += [i - 1] * len(parts)
+            continue
         if len(ids) > max_length:
             if not truncate:
                 raise ValueError(f"{where} has {len(ids)} tokens, more than the model's "
-                                 f"context of {max_length}; pass truncate=True to cut it")
+                                 f"context of {max_length}; pass truncate=True to cut it, "
+                                 "or window=N (--window N) to split it into windows")
             ids, lab = ids[:max_length], lab[:max_length]
         if kind == "cls":
             if "label" not in rec:
                 raise ValueError(f"{where} has no 'label' field (fields: {sorted(rec)})")
             labels.append(_label_id(rec["label"], label2id, where))
         rows.append((ids, lab))
+        groups.append(i - 1)
     width = max(len(ids) for ids, _ in rows)
     n = len(rows)
     input_ids = torch.full((n, width), pad, dtype=torch.long)
@@ -235,9 +306,10 @@ def text_dataset(records: list[dict], tokenizer: Any, kind: str, max_length: int
         input_ids[j, :len(ids)] = torch.tensor(ids)
         mask[j, :len(ids)] = 1
         token_labels[j, :len(lab)] = torch.tensor(lab)
+    g = torch.tensor(groups, dtype=torch.long)
     if kind == "cls":
-        return TensorDataset(input_ids, mask, torch.tensor(labels, dtype=torch.long))
-    return TensorDataset(input_ids, mask, token_labels)
+        return TextDataset(input_ids, mask, torch.tensor(labels, dtype=torch.long), groups=g)
+    return TextDataset(input_ids, mask, token_labels, groups=g)
 
 
 def load_model(path: str | Path, kind: str | None = None):
@@ -295,11 +367,12 @@ def context_length(model: nn.Module, default: int = 512) -> int:
 
 
 def hf_bundle(model: str, data: str, queries: str | None = None, kind: str | None = None,
-              pattern: str | None = None, truncate: bool = False):
+              pattern: str | None = None, truncate: bool = False, window: int | None = None):
     """A :class:`~tamis.attribution.examples.TaskBundle` of a local transformers model.
 
     ``queries`` defaults to ``data``. ``info["texts"]`` and ``info["query_texts"]`` keep
-    the training and query texts for printing the top examples.
+    the training and query texts for printing the top examples; with ``window``,
+    ``info["groups"]`` and ``info["query_groups"]`` map dataset rows (windows) to records.
     """
     from tamis.attribution.examples import TaskBundle
 
@@ -308,9 +381,10 @@ def hf_bundle(model: str, data: str, queries: str | None = None, kind: str | Non
     label2id = getattr(net.config, "label2id", None)
     train_records = read_jsonl(data)
     query_records = read_jsonl(queries) if queries else train_records
-    train = text_dataset(train_records, tokenizer, kind, ctx, truncate, label2id, str(data))
+    train = text_dataset(train_records, tokenizer, kind, ctx, truncate, label2id, str(data),
+                         window)
     query = text_dataset(query_records, tokenizer, kind, ctx, truncate, label2id,
-                         str(queries or data))
+                         str(queries or data), window)
     task = (SequenceClassificationTask if kind == "cls" else CausalLMTask)(pattern)
 
     def texts(records: list[dict]) -> list[str]:
@@ -318,5 +392,7 @@ def hf_bundle(model: str, data: str, queries: str | None = None, kind: str | Non
                 for r in records]
 
     info = {"kind": kind, "texts": texts(train_records), "query_texts": texts(query_records),
-            "model_path": str(model)}
+            "model_path": str(model), "window": window}
+    if window is not None:
+        info["groups"], info["query_groups"] = train.groups, query.groups
     return TaskBundle(task, net, train, query, info)
