@@ -16,7 +16,6 @@ A *latent generator* maps a batch of latents (GAN ``z`` or diffusion initial noi
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from collections.abc import Iterator, Sequence
@@ -48,11 +47,9 @@ class LatentGenerator(Protocol):
 
 
 def _fingerprint(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to(torch.float32).cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    from tamis.density.extractors import module_hash
+
+    return module_hash(module)[:16]
 
 
 class DiffusersGenerator:

@@ -162,21 +162,23 @@ def generate(generator: Generator, latents: torch.Tensor, batch: int = 1024) -> 
         return torch.cat([generator(z) for z in latents.split(batch)])
 
 
-def save_grid(images: torch.Tensor, path: Path, title: str, nrow: int = 8) -> Path:
-    """Save the first ``nrow * nrow`` images as a PNG grid with a title."""
+def save_grid(images: torch.Tensor, path: Path, title: str, nrow: int = 8,
+              rows: int | None = None) -> Path:
+    """Save the first ``nrow * rows`` images (``rows`` defaults to ``nrow``) as a PNG grid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = images[: nrow * nrow, 0].detach().cpu().numpy()
+    rows = nrow if rows is None else rows
+    x = images[: nrow * rows, 0].detach().cpu().numpy()
     n = x.shape[0]
     side = x.shape[1]
-    canvas = np.ones((nrow * (side + 1), nrow * (side + 1)))
+    canvas = np.ones((rows * (side + 1), nrow * (side + 1)))
     for i in range(n):
         r, c = divmod(i, nrow)
         canvas[r * (side + 1): r * (side + 1) + side, c * (side + 1): c * (side + 1) + side] = x[i]
-    fig, ax = plt.subplots(figsize=(2.6, 2.8), dpi=100)
+    fig, ax = plt.subplots(figsize=(2.6 * nrow / 8, 2.6 * rows / 8 + 0.2), dpi=100)
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1)
     ax.set_title(title, fontsize=8)
     ax.axis("off")
