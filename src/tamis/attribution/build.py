@@ -77,6 +77,8 @@ def rows_from_capture(
     parts, energy = [], {}
     for lay in layout:
         cap = captured[lay["name"]]
+        if metric and lay["name"] in metric:  # the whitening matrices live on the CPU
+            cap = type(cap)(cap.a.cpu(), cap.b.cpu())
         if lay["rank"] is None:
             parts.append(dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1))
             energy[lay["name"]] = float(cap.a.shape[0])
@@ -87,7 +89,7 @@ def rows_from_capture(
                 f = low_rank_factors(cap.a, cap.b, lay["rank"])
             parts += [f.left.reshape(f.left.shape[0], -1), f.right.reshape(f.right.shape[0], -1)]
             energy[lay["name"]] = float(f.energy.sum())
-    return torch.cat(parts, dim=1), energy
+    return torch.cat([p.cpu() for p in parts], dim=1), energy
 
 
 def _capture_at(capture: GradientCapture, task: AttributionTask, batch: Any, offset: int) -> dict:
@@ -304,9 +306,10 @@ def query_gradients(
                 if factors:
                     k = min(cap.a.shape[1], cap.a.shape[2], cap.b.shape[2])
                     f = low_rank_factors(cap.a, cap.b, k)
-                    out[name].append((f.left, f.right))
+                    out[name].append((f.left.cpu(), f.right.cpu()))
                 else:
-                    out[name].append(dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1))
+                    out[name].append(
+                        dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1).cpu())
     if not factors:
         return {name: torch.cat(parts) for name, parts in out.items()}
     result = {}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tamis.attribution.config import ProjectionConfig
+from tamis.attribution.data import model_device, to_device
 from tamis.attribution.errors import NonFiniteError, UnsupportedModuleError
 from tamis.attribution.projection import LayerSpec, layer_projections, layer_spec
 
@@ -108,7 +109,11 @@ class GradientCapture:
         self.dtype = dtype
         modules = dict(model.named_modules())
         self.modules = {n: modules[n] for n in specs}
-        self.proj = {n: layer_projections(s, cfg, dtype) for n, s in specs.items()}
+        # captures live on the model's device (batches are moved there); consumers that
+        # accumulate on the CPU (store rows, curvature sums, query gradients) move them back
+        self.device = model_device(model)
+        self.proj = {n: tuple(None if p is None else p.to(self.device) for p in
+                              layer_projections(s, cfg, dtype)) for n, s in specs.items()}
         self._a: dict[str, list[torch.Tensor]] = {}
         self._outputs: list[tuple[str, nn.Module, torch.Tensor]] = []
         # Linear layers fed (B, I) inputs have T = 1 by construction: rank-1 gradients.
@@ -178,6 +183,7 @@ class GradientCapture:
         self._a = {n: [] for n in self.specs}
         self._outputs: list[tuple[str, nn.Module, torch.Tensor]] = []
         try:
+            batch = to_device(batch, self.device)
             with self.hooks():
                 losses = loss_fn(batch, self.model)
             if not isinstance(losses, torch.Tensor) or losses.dim() != 1:

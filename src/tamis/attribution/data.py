@@ -22,6 +22,27 @@ def dataset_length(dataset: Any) -> int:
     return n
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor moved to ``device`` (tuples, lists and dicts recursed).
+
+    A no-op on the device the tensors already live on, so CPU runs pay nothing.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        moved = [to_device(v, device) for v in batch]
+        return tuple(moved) if isinstance(batch, tuple) else moved
+    return batch
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameterless module)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def iter_batches(
     dataset: Any,
     start: int,

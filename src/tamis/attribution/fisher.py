@@ -29,7 +29,7 @@ from torch import nn
 
 from tamis.attribution.capture import GradientCapture, LayerCapture, resolve_layers
 from tamis.attribution.config import CurvatureConfig, ProjectionConfig
-from tamis.attribution.data import dataset_length, iter_batches
+from tamis.attribution.data import dataset_length, iter_batches, model_device, to_device
 from tamis.attribution.distributed import my_shards
 from tamis.attribution.errors import AttributionError, NonFiniteError
 from tamis.attribution.factors import dense_gradients
@@ -60,7 +60,9 @@ def sampled_cross_entropy(logits: torch.Tensor, generator: torch.Generator,
     """
     flat = logits.reshape(-1, logits.shape[-1])
     probs = torch.softmax(flat.detach().double(), dim=-1)
-    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if probs.device != generator.device:  # the seeded generator is a CPU one: sample there
+        probs = probs.cpu()
+    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(flat.device)
     losses = F.cross_entropy(flat, labels, reduction="none")
     if logits.dim() == 2:
         return losses
@@ -171,7 +173,8 @@ class FisherSource:
         if not hasattr(self, "_k"):
             batch = next(iter_batches(self.dataset, 0, 1, 1, self.collate_fn))
             with torch.no_grad():
-                self._k = int(self.task.compute_logits(batch, self.model).shape[-1])
+                self._k = int(self.task.compute_logits(
+                    to_device(batch, model_device(self.model)), self.model).shape[-1])
         return self._k
 
     def iter_captures(self, dtype: torch.dtype = torch.float32
@@ -187,7 +190,8 @@ class FisherSource:
         was_training = self.model.training
         self.model.eval()
         try:
-            first = next(iter_batches(self.dataset, 0, 1, 1, self.collate_fn))
+            first = to_device(next(iter_batches(self.dataset, 0, 1, 1, self.collate_fn)),
+                              model_device(self.model))
             if self.kind != "empirical":
                 _require_sampling(self.task, self.model, first, self.kind)
             weight = 1.0 / self.n_samples if self.kind == "true" else 1.0
@@ -217,7 +221,7 @@ class FisherSource:
             rows: dict[str, list[torch.Tensor]] = {n: [] for n in self.specs}
             for captured, weight in items:
                 for name, cap in captured.items():
-                    g = dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1)
+                    g = dense_gradients(cap.a, cap.b).reshape(cap.a.shape[0], -1).cpu()
                     rows[name].append(g * weight ** 0.5 if weight != 1.0 else g)
             yield {n: torch.cat(parts) for n, parts in rows.items()}
 

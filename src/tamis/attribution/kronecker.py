@@ -56,11 +56,11 @@ def _covariances(source, dtype: torch.dtype, progress: bool) -> tuple[dict, dict
         tokens += cap0.a.shape[0] * cap0.a.shape[1]
         for name, cap in first.items():
             a = cap.a.reshape(-1, cap.a.shape[-1])
-            acts[name] += a.T @ a
+            acts[name] += (a.T @ a).cpu()
         for captured, weight in items:
             for name, cap in captured.items():
                 b = cap.b.reshape(-1, cap.b.shape[-1])
-                outs[name] += weight * (b.T @ b)
+                outs[name] += weight * (b.T @ b).cpu()
     if process_group()[1] > 1:  # each rank summed its own batches
         acts = {k: all_reduce_sum(v) for k, v in acts.items()}
         outs = {k: all_reduce_sum(v) for k, v in outs.items()}
@@ -83,11 +83,12 @@ def _corrected_eigenvalues(source, bases: dict, dtype: torch.dtype, progress: bo
         for captured, weight in items:
             for name, cap in captured.items():
                 qa, qs = bases[name]
-                a, b = cap.a @ qa.to(dtype), cap.b @ qs.to(dtype)  # rotate tokens first
+                dev = cap.a.device
+                a, b = cap.a @ qa.to(dev, dtype), cap.b @ qs.to(dev, dtype)  # rotate first
                 step = max(1, _MAX_ELEMENTS // (qa.shape[0] * qs.shape[0]))
                 for lo in range(0, a.shape[0], step):
                     g = dense_gradients(a[lo:lo + step], b[lo:lo + step])
-                    acc[name] += weight * (g * g).sum(0)
+                    acc[name] += weight * (g * g).sum(0).cpu()
     if process_group()[1] > 1:
         acc = {k: all_reduce_sum(v) for k, v in acc.items()}
     return acc

@@ -73,7 +73,7 @@ def covariance_sums(captured: dict) -> dict[str, tuple[torch.Tensor, torch.Tenso
     for name, cap in captured.items():
         a = cap.a.reshape(-1, cap.a.shape[-1])
         b = cap.b.reshape(-1, cap.b.shape[-1])
-        out[name] = (a.T @ a, b.T @ b)
+        out[name] = ((a.T @ a).cpu(), (b.T @ b).cpu())
     return out
 
 
