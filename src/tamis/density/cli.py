@@ -65,27 +65,10 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
     """A 2-D float feature array from a ``.npy`` file, or ``ValueError`` naming the problem."""
-    if not path.exists():
-        raise FileNotFoundError(f"{what} file {path} does not exist")
-    if path.is_dir():
-        raise ValueError(f"{what} path {path} is a directory, not a .npy file")
-    with open(path, "rb") as fh:
-        head = fh.read(len(_NPY_MAGIC))
-    if head != _NPY_MAGIC:
-        raise ValueError(f"{what} file {path} is not a .npy array (no NumPy header); save "
-                         "features with numpy.save")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        if "allow_pickle" in str(err):
-            raise ValueError(f"{what} file {path} holds Python objects (a pickled object "
-                             "array), not numeric features") from None
-        raise ValueError(f"{what} file {path} is a corrupted or truncated .npy ({err})") from None
-    if arr.dtype.kind not in "fiub":
-        raise ValueError(f"{what} file {path} holds dtype {arr.dtype}, not numbers")
+    arr = _open_npy(path, what)
     if arr.ndim != 2:
         raise ValueError(f"{what} file {path} has shape {arr.shape}; features must be (N, D)")
-    return arr
+    return np.asarray(arr)
 
 
 def _open_npy(path: Path, what: str) -> np.ndarray:
@@ -97,14 +80,16 @@ def _open_npy(path: Path, what: str) -> np.ndarray:
     with open(path, "rb") as fh:
         head = fh.read(len(_NPY_MAGIC))
     if head != _NPY_MAGIC:
-        raise ValueError(f"{what} file {path} is not a .npy array (no NumPy header)")
+        raise ValueError(f"{what} file {path} is not a .npy array (no NumPy header); save "
+                         "arrays with numpy.save")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         if "allow_pickle" in str(err) or "object" in str(err):
-            raise ValueError(f"{what} file {path} holds Python objects, not numbers") from None
+            raise ValueError(f"{what} file {path} holds Python objects (a pickled object "
+                             "array), not numbers") from None
         raise ValueError(f"{what} file {path} is a corrupted or truncated .npy ({err})") from None
-    if arr.dtype.kind not in "fiu":
+    if arr.dtype.kind not in "fiub":
         raise ValueError(f"{what} file {path} holds dtype {arr.dtype}, not numbers")
     return arr
 
@@ -117,7 +102,7 @@ def _load_images(path: Path, what: str) -> np.ndarray:
                          "or (N, C, H, W)")
     if arr.shape[0] == 0:
         raise ValueError(f"{what} file {path} holds no images")
-    if arr.dtype.kind in "iu" and arr.dtype != np.uint8:
+    if arr.dtype.kind == "b" or (arr.dtype.kind in "iu" and arr.dtype != np.uint8):
         raise ValueError(f"{what} file {path} holds {arr.dtype} images; use uint8 (0-255) or "
                          "floats in [0, 1]")
     return arr
