@@ -325,3 +325,23 @@ def test_subspace_kernel_equals_reconstruct(tmp_path, tail, granularity):
     b = compute_scores(task, model, queries, store, ident,
                        ScoreConfig(progress=False, kernel="subspace"), F64)
     torch.testing.assert_close(a.scores, b.scores, rtol=1e-9, atol=1e-12)
+
+
+def test_token_gram_path_in_float32_with_padding_and_repeated_tokens():
+    """T < d1, d2 (the token-Gram path) in float32: padded positions (zero output-gradients)
+    and repeated inputs make A A^T and B B^T singular; the factors still give the best
+    rank-c approximation of G (SVD of the dense G in float64 as the reference)."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 40, 50, generator=g)
+    a[:, 20:25] = a[:, 10:11]  # repeated tokens
+    b = torch.randn(6, 40, 60, generator=g) * torch.logspace(0, -3, 40)[None, :, None]
+    b[:, 30:] = 0  # padding
+    c = 8
+    f = low_rank_factors(a, b, c)
+    full = dense_gradients(a.double(), b.double())
+    u, s, vh = torch.linalg.svd(full)
+    best = u[:, :, :c] @ torch.diag_embed(s[:, :c]) @ vh[:, :c]
+    approx = (f.left @ f.right.transpose(1, 2)).double()
+    assert rel_err(approx, best) <= 1e-4
+    kept = (s[:, :c] ** 2).sum(1) / (s**2).sum(1)
+    torch.testing.assert_close(f.energy.double(), kept, rtol=1e-5, atol=1e-6)
