@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
+import queue
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -62,6 +65,49 @@ def file_sha256(path: Path) -> str:
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Replace ``path`` with ``obj`` as JSON, atomically."""
     write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+def prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Yield ``items`` while a background thread produces up to ``depth`` ahead.
+
+    An exception in the producer is raised in the consumer; stopping early (``close`` or
+    garbage collection of the generator) stops the producer after its current item.
+    """
+    buf: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buf.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buf.put((True, done))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            buf.put((False, err))
+
+    worker = threading.Thread(target=produce, daemon=True, name="tamis-store-prefetch")
+    worker.start()
+    try:
+        while True:
+            ok, item = buf.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                buf.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
 
 
 def to_torch(rows: np.ndarray, dtype_name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -225,6 +271,9 @@ class FactorStore:
         expected = (shard["stop"] - shard["start"], self.manifest["row_length"])
         if arr.shape != expected:
             raise StoreError(f"shard {shard['file']} has shape {arr.shape}, expected {expected}")
+        raw = getattr(arr, "_mmap", None)  # read ahead further: shards are streamed in order
+        if raw is not None and hasattr(mmap, "MADV_SEQUENTIAL"):
+            raw.madvise(mmap.MADV_SEQUENTIAL)
         return arr
 
     def decode(self, rows: torch.Tensor, start: int, dtype: torch.dtype) -> StoreChunk:
@@ -254,21 +303,29 @@ class FactorStore:
     ) -> Iterator[StoreChunk]:
         """Stream the store in chunks of at most ``chunk_size`` rows (never across shards).
 
-        With ``timings``, the seconds spent reading rows from disk accumulate in
-        ``timings["load_s"]``. ``shards`` restricts the stream to those shard positions
-        (a rank's share under torch.distributed); ``None`` streams all of them.
+        Chunks are read one ahead in a background thread (disk reads and float16 decoding
+        release the GIL), so reading overlaps the caller's compute. With ``timings``, the
+        seconds the caller waited for rows accumulate in ``timings["load_s"]``. ``shards``
+        restricts the stream to those shard positions (a rank's share under
+        torch.distributed); ``None`` streams all of them. At most three chunks are in memory
+        at once (the caller's, one queued, one being read).
         """
         entries = self.manifest["shards"]
-        for shard in entries if shards is None else [entries[i] for i in shards]:
+        chosen = entries if shards is None else [entries[i] for i in shards]
+
+        def read() -> Iterator[StoreChunk]:
+            for shard in chosen:
+                arr = self._shard_array(shard)
+                for lo in range(0, arr.shape[0], chunk_size):
+                    rows = to_torch(arr[lo : lo + chunk_size], self.dtype, dtype)
+                    yield self.decode(rows, shard["start"] + lo, dtype)
+
+        t0 = time.perf_counter()
+        for chunk in prefetch(read()):  # the next chunk is read while this one is used
+            if timings is not None:
+                timings["load_s"] = timings.get("load_s", 0.0) + time.perf_counter() - t0
+            yield chunk
             t0 = time.perf_counter()
-            arr = self._shard_array(shard)
-            for lo in range(0, arr.shape[0], chunk_size):
-                rows = to_torch(arr[lo : lo + chunk_size], self.dtype, dtype)
-                chunk = self.decode(rows, shard["start"] + lo, dtype)
-                if timings is not None:
-                    timings["load_s"] = timings.get("load_s", 0.0) + time.perf_counter() - t0
-                yield chunk
-                t0 = time.perf_counter()
 
     def num_chunks(self, chunk_size: int, shards: list[int] | None = None) -> int:
         """How many chunks :meth:`iter_chunks` yields (for ``shards``, if given)."""
