@@ -9,7 +9,7 @@ teaches the model their defects.
     .venv/bin/python benchmarks/seeds/manifold_gap.py \
         --model benchmarks/seeds/checkpoints/world_base3
 
-Writes benchmarks/results/seeds_manifold_gap.{json,md}.
+Writes benchmarks/results/<--name, default seeds_manifold_gap>.{json,md}.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[20, 50, 100])
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="seeds_manifold_gap", help="results file stem")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from tamis.seeds.world.render import BACKGROUNDS
@@ -82,7 +83,7 @@ def main() -> None:
                      "seconds": time.time() - t0})
         print(rows[-1], flush=True)
     out = {"model": str(args.model), "n": args.n, "rows": rows}
-    write_text_atomic(RESULTS / "seeds_manifold_gap.json", json.dumps(out, indent=1))
+    write_text_atomic(RESULTS / f"{args.name}.json", json.dumps(out, indent=1))
     lines = ["# How far are the model's own samples from its training images?", "",
              f"Model `{args.model}`, {args.n} training count prompts, the same 8 noise levels "
              "and noises for every set; exact checker.", "",
@@ -90,7 +91,7 @@ def main() -> None:
     for r in rows:
         acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "1 (by construction)"
         lines.append(f"| {r['images']} | {r['loss']:.5f} | {r['validity']:.3f} | {acc} |")
-    write_text_atomic(RESULTS / "seeds_manifold_gap.md", "\n".join(lines) + "\n")
+    write_text_atomic(RESULTS / f"{args.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

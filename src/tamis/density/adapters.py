@@ -349,11 +349,11 @@ class GANGenerator:
 
 
 def _forward_params(module: nn.Module) -> set[str]:
-    fn = module.forward if not isinstance(module, torch.jit.ScriptModule) else module.forward
+    """Argument names of ``module.forward`` (TorchScript: from its schema)."""
     try:
-        return set(inspect.signature(fn).parameters)
+        return set(inspect.signature(module.forward).parameters)
     except (TypeError, ValueError):
-        schema = getattr(fn, "schema", None)
+        schema = getattr(module.forward, "schema", None)
         return {a.name for a in schema.arguments} if schema is not None else set()
 
 
