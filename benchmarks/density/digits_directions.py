@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -51,8 +52,6 @@ WANT = {"fidelity": {"precision": 1, "density": 1, "recall": -1, "coverage": -1}
 
 def digits(split: str) -> torch.Tensor:
     """Images ``(N, 1, 8, 8)`` in [0, 1] of the study's split (train_digits.py's)."""
-    import sys
-
     sys.path.insert(0, str(Path(__file__).parent))
     from train_digits import digits as _digits
 
@@ -226,7 +225,10 @@ def main() -> None:
     ap.add_argument("--temperatures", default="",
                     help="only the noise-temperature sweep of the baseline, e.g. 1,0.85,0.7")
     args = ap.parse_args()
-    pl_threads()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from protocol import single_thread
+
+    single_thread()
     t0 = time.time()
     train, test = digits("train"), digits("test")
     f_g = load_checkpoint(args.ckpt / "extractor_steer.safetensors")
@@ -260,15 +262,6 @@ def main() -> None:
     print(markdown(res))
 
 
-def pl_threads() -> None:
-    """One torch thread (shared machine)."""
-    torch.set_num_threads(1)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 if __name__ == "__main__":

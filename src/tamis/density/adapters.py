@@ -25,6 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from tamis._diffusion import denoising_target
+
 
 @runtime_checkable
 class LatentGenerator(Protocol):
@@ -189,15 +191,7 @@ class DiffusersGenerator:
                           generator=g).to(self.device)
         noisy = sched.add_noise(x0, noise, t)
         pred = self.unet(noisy, t).sample
-        kind = sched.config.get("prediction_type", "epsilon")
-        if kind == "epsilon":
-            target = noise
-        elif kind == "v_prediction":
-            target = sched.get_velocity(x0, noise, t)
-        elif kind == "sample":
-            target = x0
-        else:
-            raise ValueError(f"unknown prediction_type {kind!r}")
+        target = denoising_target(sched, x0, noise, t)
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 
     def parameters(self) -> Iterator[nn.Parameter]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tamis._diffusion import denoising_target
 from tamis._io import atomic_path
 from tamis._progress import track
 
@@ -358,7 +359,6 @@ def finetune(
         with atomic_path(ckpt, suffix=".pt") as tmp:
             torch.save(state, tmp)
 
-    prediction_type = getattr(noise_scheduler.config, "prediction_type", "epsilon")
     n_train_t = int(noise_scheduler.config.num_train_timesteps)
     unet.train()
     n = len(images)
@@ -374,14 +374,7 @@ def finetune(
         t = torch.randint(0, n_train_t, (config.batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         noisy = noise_scheduler.add_noise(x0, noise, t)
-        if prediction_type == "epsilon":
-            target = noise
-        elif prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(x0, noise, t)
-        elif prediction_type == "sample":
-            target = x0
-        else:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+        target = denoising_target(noise_scheduler, x0, noise, t)
         dtype = next(unet.parameters()).dtype
         pred = _predict(unet, noisy.to(device, dtype), t.to(device), emb.to(device, dtype))
         if pred.shape[1] != target.shape[1]:  # learned-variance models (PixArt): epsilon half
