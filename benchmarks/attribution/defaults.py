@@ -71,7 +71,8 @@ def configurations(sequence: bool) -> list[dict]:
     ek = PRESETS["ekfac"]
     rows = [
         {"label": DEFAULT_LABEL, "proj": ek.projection, "c": ek.factors.rank,
-         "max_numbers": ek.factors.max_numbers, "curv": ek.curvature},
+         "max_numbers": ek.factors.max_numbers, "dtype": ek.factors.dtype,
+         "curv": ek.curvature},
         {"label": "tamis lorif (paper preset)", "proj": DEFAULT_PROJ, "c": 1,
          "curv": CurvatureConfig()},
         {"label": "tamis lorif, true Fisher", "proj": DEFAULT_PROJ, "c": 1,
@@ -128,6 +129,12 @@ def configurations(sequence: bool) -> list[dict]:
                               f"c={c}, <= 4096 numbers / layer",
                      "proj": AUTO_PROJ, "c": c, "max_numbers": 4096,
                      "curv": CurvatureConfig(kind="ekfac", fisher="empirical")})
+    if sequence:  # int8 factors: twice the pairs in the bytes of the float16 default
+        for c in (16, 32):
+            rows.append({"label": f"tamis ekfac, empirical Fisher, sides <= 1024 unprojected, "
+                                  f"c={c}, int8, <= 8192 numbers / layer",
+                         "proj": AUTO_PROJ, "c": c, "max_numbers": 8192, "dtype": "int8",
+                         "curv": CurvatureConfig(kind="ekfac", fisher="empirical")})
     return rows
 
 
@@ -143,7 +150,8 @@ def _store_bytes(store) -> float:
 
 def _factor_config(spec: dict) -> FactorConfig:
     kind, delta = spec.get("trunc", ("frobenius", 1.0))
-    return FactorConfig(spec["c"], "float16", truncation=kind, truncation_damping=delta,
+    return FactorConfig(spec["c"], spec.get("dtype", "float16"), truncation=kind,
+                        truncation_damping=delta,
                         max_numbers=spec.get("max_numbers"))
 
 
@@ -183,7 +191,7 @@ def run_tamis(st: dict, spec: dict, work: Path, threads: int) -> tuple[dict, obj
     return row, store, curv
 
 
-def run_tuned(st: dict, store, n_subsets: int) -> dict:
+def run_tuned(st: dict, store, n_subsets: int, label: str = TUNED_LABEL) -> dict:
     """tune() on its own masks (seed 1), then the chosen curvature on the evaluation masks."""
     task, model, train, queries = st["task"], st["model"], st["train"], st["queries"]
     t0 = time.perf_counter()
@@ -197,7 +205,7 @@ def run_tuned(st: dict, store, n_subsets: int) -> dict:
                          source_for(curv_cfg, task, model, train, store))
     s = compute_scores(task, model, queries, store, curv,
                        ScoreConfig(progress=False, top_k=1), torch.float32).scores
-    row = {"method": TUNED_LABEL, "kind": curv_cfg.kind, "fisher": curv_cfg.fisher,
+    row = {"method": label, "kind": curv_cfg.kind, "fisher": curv_cfg.fisher,
            "projection": "preset", "c": store.rank, "damping": curv_cfg.damping,
            "rank": curv_cfg.rank,
            **_lds(s, st["masks"], st["truth"]), "bytes_per_example": _store_bytes(store),
@@ -242,7 +250,9 @@ def write(rows: list[dict], args, st: dict, wall: float, previous: dict | None =
     commands = [cmd]
     if args.only is not None:
         cmd += (" --only " + " ".join(repr(x) for x in args.only)
-                + f" --tune-subsets {args.tune_subsets} --anchors " + " ".join(args.anchors))
+                + f" --tune-subsets {args.tune_subsets} --anchors " + " ".join(args.anchors)
+                + (" --tune-also " + " ".join(repr(x) for x in args.tune_also)
+                   if args.tune_also else ""))
         meta = (previous or {}).get("meta", {})
         commands = meta.get("commands", [meta["command"]] if "command" in meta else []) + [cmd]
     md = (f"# Side by side at defaults, setting {args.setting}\n\n"
@@ -282,6 +292,8 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], help="skip rows whose label contains one "
                    "of these strings (minilm_cls: 'lorif, unprojected' needs D x (r + 10) floats "
                    "per layer at D = 590,208 and ran out of the 24 GB)")
+    p.add_argument("--tune-also", nargs="*", default=[], help="also tune() on the stores of "
+                   "rows whose label contains one of these")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     args.truth_reverse = False
@@ -289,7 +301,7 @@ def main() -> None:
     t_all = time.perf_counter()
     st = SETTINGS[args.setting](args)
     work = CACHE / "defaults" / args.setting
-    rows, default_store = [], None
+    rows, default_store, tune_stores = [], None, {}
     for spec in configurations(args.setting != "fmnist_mlp"):
         if args.only and not any(o in spec["label"] for o in args.only):
             continue
@@ -300,8 +312,15 @@ def main() -> None:
         rows.append(row)
         if spec["label"] == DEFAULT_LABEL:
             default_store = store
+        if any(t in spec["label"] for t in args.tune_also):
+            tune_stores[spec["label"]] = store
     if default_store is not None and args.tune_subsets:
         rows.append(run_tuned(st, default_store, args.tune_subsets))
+    for label, store in tune_stores.items():
+        if args.tune_subsets:
+            name = label.removeprefix("tamis ")
+            rows.append(run_tuned(st, store, args.tune_subsets,
+                                  f"tamis tuned (tune() on the {name} store)"))
     for method in args.anchors:
         info = run_anchor(args.setting, method, st["cache"], {}, 3600, reuse=True)
         if "scores_path" in info:

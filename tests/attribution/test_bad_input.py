@@ -201,7 +201,7 @@ def test_bad_configs_name_the_field():
     with pytest.raises(ValueError, match="damping"):
         CurvatureConfig(damping=-1)
     with pytest.raises(ValueError, match="dtype"):
-        FactorConfig(dtype="int8")
+        FactorConfig(dtype="int4")
 
 
 # -- fuzzing ---------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_fuzz_factors_are_best_rank_c(b, t, d1, d2, c, seed):
     shard=st.integers(1, 6),
     batch=st.integers(1, 5),
     c=st.sampled_from([1, 2, None]),
-    dtype=st.sampled_from(["float16", "bfloat16", "float32"]),
+    dtype=st.sampled_from(["float16", "bfloat16", "float32", "int8"]),
 )
 def test_fuzz_build_and_score(tmp_path_factory, n, shard, batch, c, dtype):
     path = tmp_path_factory.mktemp("fuzz")

@@ -23,7 +23,12 @@ from tamis.attribution.curvature import Curvature, fit_curvature
 from tamis.attribution.distributed import process_group
 from tamis.attribution.errors import AttributionError, DistributedError
 from tamis.attribution.examples import load_factory
-from tamis.attribution.presets import DEFAULT_METHOD, curvature_kind_for, preset
+from tamis.attribution.presets import (
+    DEFAULT_METHOD,
+    curvature_kind_for,
+    factors_with_dtype,
+    preset,
+)
 from tamis.attribution.scoring import compute_scores
 from tamis.attribution.store import FactorStore
 
@@ -97,7 +102,9 @@ def build(
         "frobenius", help="frobenius | whitened (keep the rank-c part that matters under "
         "the K-FAC metric; one extra pass)."),
     dense: bool = typer.Option(False, help="Store dense d1 x d2 gradients (LoGRA baseline)."),
-    dtype: str = typer.Option("float16", help="float16 | bfloat16 | float32 | float64."),
+    dtype: str = typer.Option(
+        None, help="float16 | bfloat16 | float32 | float64 | int8 (block-quantised) "
+        "[default: the method's; int8 for ekfac/kfac, float16 otherwise]."),
     batch_size: int = typer.Option(64, help="Examples per forward/backward pass."),
     shard_size: int = typer.Option(4096, help="Examples per shard file."),
     overwrite: bool = typer.Option(False, help="Replace an incompatible store at --store."),
@@ -115,7 +122,7 @@ def build(
                        **({"d2": d2} if d2 is not None else {}))
         if identity_up_to is not None:
             proj = replace(proj, identity_up_to=identity_up_to or None)
-        factors = replace(p.factors, dtype=dtype, truncation=truncation)
+        factors = replace(factors_with_dtype(p.factors, dtype), truncation=truncation)
         if rank_c is not None and not factors.dense:
             factors = replace(factors, rank=rank_c, max_numbers=None)
         b = _bundle(task, cache_dir, data_dir, _hf(model, data, None, model_kind, layers, truncate,

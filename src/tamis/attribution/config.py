@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-StoreDtype = Literal["float16", "bfloat16", "float32", "float64"]
-STORE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+StoreDtype = Literal["float16", "bfloat16", "float32", "float64", "int8"]
+STORE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8")
 CURVATURE_KINDS = ("lowrank", "dense", "identity", "kfac", "ekfac")
 
 
@@ -70,7 +70,9 @@ class FactorConfig:
         rank: c, the number of factor pairs stored per layer and example. Exact whenever
             the per-example gradient has rank <= c (rank 1 for non-sequence inputs).
             ``None`` stores the dense d1 x d2 matrix instead (the LoGRA baseline).
-        dtype: On-disk dtype of the factors.
+        dtype: On-disk dtype of the factors. ``"int8"`` block-quantises each row (64
+            numbers share a float32 absmax scale; 1.06 bytes a number, error at most 0.4 %
+            of each block's largest entry), 53 % of float16's bytes.
         truncation: Which rank-c approximation of a per-example gradient of rank > c is
             kept: ``"frobenius"`` (the best in the plain Frobenius norm; the paper's) or
             ``"whitened"`` (the best in the K-FAC metric of the inverse curvature,

@@ -41,7 +41,7 @@ from tamis.attribution.config import (
     ScoreConfig,
 )
 from tamis.attribution.curvature import Curvature, fit_curvature
-from tamis.attribution.presets import DEFAULT_METHOD, preset
+from tamis.attribution.presets import DEFAULT_METHOD, factors_with_dtype, preset
 from tamis.attribution.scoring import ScoreResult, compute_scores, self_influence
 from tamis.attribution.store import FactorStore
 from tamis.attribution.task import AttributionTask
@@ -71,7 +71,8 @@ class Attributor:
             explicitly it is used as is (clipped to the layer), without the preset's cap
             on numbers per layer. Default: the method's preset.
         rank_r: r, retained curvature directions (``lorif``).
-        dtype: On-disk dtype.
+        dtype: On-disk dtype (default: the preset's; int8 for ekfac/kfac). With a per-layer
+            cap, the cap is rescaled to the same bytes (:func:`factors_with_dtype`).
         curvature: Full curvature config (overrides ``rank_r`` and the preset; its kind is
             always the method's).
         build: Build config.
@@ -89,7 +90,7 @@ class Attributor:
         projection: ProjectionConfig | None = None,
         rank_c: int | None = None,
         rank_r: int = 256,
-        dtype: str = "float16",
+        dtype: str | None = None,
         curvature: CurvatureConfig | None = None,
         build: BuildConfig | None = None,
         compute_dtype: torch.dtype = torch.float32,
@@ -101,7 +102,7 @@ class Attributor:
         p = preset(method)
         self.projection = projection or p.projection
         if factors is None:
-            factors = replace(p.factors, dtype=dtype)
+            factors = factors_with_dtype(p.factors, dtype)
             if rank_c is not None and not factors.dense:
                 factors = replace(factors, rank=rank_c, max_numbers=None)
         self.factors = factors

@@ -4,15 +4,15 @@ The default method is ``"ekfac"``, chosen by measurement (``benchmarks/attributi
 on settings (a) MLP, (b) byte-level transformer, (c) MiniLM; tables in
 ``benchmarks/results/attribution_defaults_*.md`` and ``docs/attribution.md``): EK-FAC
 curvature in the unprojected space of every layer side of at most 1,024 (larger sides are
-projected to 64), up to 16 rank-c factor pairs per example and layer but never more numbers
-than the dense 64 x 64 LoGRA gradient (4,096), empirical Fisher, damping 1 x the mean
-eigenvalue. ``"lorif"`` is the paper's configuration (64 x 64 projection, c = 1, r = 256
-Woodbury) one argument away.
+projected to 64), up to 32 rank-c factor pairs per example and layer stored as int8 blocks,
+never more bytes than the dense float16 64 x 64 LoGRA gradient (at most 7,616 numbers a
+layer), empirical Fisher, damping 1 x the mean eigenvalue. ``"lorif"`` is the paper's
+configuration (64 x 64 projection, c = 1, r = 256 Woodbury) one argument away.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tamis.attribution.config import CurvatureConfig, FactorConfig, ProjectionConfig
 
@@ -28,7 +28,11 @@ class Preset:
     curvature: CurvatureConfig
 
 
-_KRONECKER_STORE = (ProjectionConfig(identity_up_to=1024), FactorConfig(rank=16, max_numbers=4096))
+#: int8 factors (1.06 bytes a number) capped at 7,616 numbers a layer: a store row is never
+#: larger than the dense float16 64 x 64 LoGRA row (8,192 bytes a layer), with about twice
+#: the factor pairs of a float16 cap at 4,096 numbers.
+KRONECKER_FACTORS = FactorConfig(rank=32, dtype="int8", max_numbers=7616)
+_KRONECKER_STORE = (ProjectionConfig(identity_up_to=1024), KRONECKER_FACTORS)
 
 PRESETS: dict[str, Preset] = {
     "ekfac": Preset(*_KRONECKER_STORE, CurvatureConfig(kind="ekfac")),
@@ -38,6 +42,28 @@ PRESETS: dict[str, Preset] = {
     "grad_dot": Preset(ProjectionConfig(), FactorConfig(rank=1), CurvatureConfig(kind="identity")),
     "grad_cos": Preset(ProjectionConfig(), FactorConfig(rank=1), CurvatureConfig(kind="identity")),
 }
+
+
+_BYTES_PER_NUMBER = {"int8": 68 / 64, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def factors_with_dtype(factors: FactorConfig, dtype: str | None) -> FactorConfig:
+    """``factors`` stored as ``dtype`` (``None``: unchanged), in the same bytes per layer.
+
+    The per-layer cap is rescaled to keep the byte budget (e.g. the ekfac preset's int8 cap
+    of 7,616 numbers is 4,046 numbers in float16).
+
+    Raises:
+        ValueError: an unknown dtype (from :class:`FactorConfig`).
+
+    """
+    if dtype is None or dtype == factors.dtype:
+        return factors
+    new = replace(factors, dtype=dtype)
+    if factors.max_numbers is not None and dtype in _BYTES_PER_NUMBER:
+        budget = factors.max_numbers * _BYTES_PER_NUMBER[factors.dtype]
+        new = replace(new, max_numbers=max(1, int(budget // _BYTES_PER_NUMBER[dtype])))
+    return new
 
 
 def preset(method: str) -> Preset:

@@ -8,7 +8,9 @@ Layout of a store folder (documented in ``docs/attribution_store.md``)::
     shard-00001.npy        ...
 
 A LoRIF row holds, for each layer in order, L (d1 x c, row-major) then R (d2 x c); a dense
-(LoGRA) row holds G (d1 x d2). bfloat16 rows are stored as uint16 bit patterns. Every shard
+(LoGRA) row holds G (d1 x d2). bfloat16 rows are stored as uint16 bit patterns; int8 rows
+are block-quantised (blocks of 64 numbers, each with its float32 absmax scale, the scales'
+bytes appended to the row: 1.06 bytes a number, :func:`stored_length`). Every shard
 is written to a temporary file and renamed into place, then the manifest is replaced
 atomically, so an interrupted build leaves only complete, listed shards and resumes after
 them.
@@ -44,6 +46,7 @@ _NUMPY_DTYPES = {
     "float32": np.float32,
     "float64": np.float64,
     "bfloat16": np.uint16,
+    "int8": np.int8,
 }
 _TORCH_DTYPES = {
     "float16": torch.float16,
@@ -51,6 +54,47 @@ _TORCH_DTYPES = {
     "float64": torch.float64,
     "bfloat16": torch.bfloat16,
 }
+QUANT_BLOCK = 64  # numbers per int8 block, each with one float32 scale
+
+
+def stored_length(row_length: int, dtype_name: str) -> int:
+    """Columns of a shard row on disk.
+
+    ``row_length`` itself, or for int8 the padded blocks plus four bytes of float32 scale
+    per block.
+    """
+    if dtype_name != "int8":
+        return row_length
+    blocks = -(-row_length // QUANT_BLOCK)
+    return blocks * (QUANT_BLOCK + 4)
+
+
+def _quantize_int8(rows: torch.Tensor) -> np.ndarray:
+    """(n, L) floats -> (n, stored_length(L)) int8: blockwise absmax codes, then scales."""
+    n, length = rows.shape
+    blocks = -(-length // QUANT_BLOCK)
+    x = torch.zeros(n, blocks * QUANT_BLOCK, dtype=torch.float32)
+    x[:, :length] = rows.detach().cpu().float()
+    x = x.reshape(n, blocks, QUANT_BLOCK)
+    scale = x.abs().amax(-1) / 127
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round(x / safe.unsqueeze(-1)).clamp_(-127, 127).to(torch.int8)
+    return torch.cat([codes.reshape(n, -1), scale.contiguous().view(torch.int8)], 1).numpy()
+
+
+def _dequantize_int8(view: np.ndarray, dtype: torch.dtype | None) -> torch.Tensor:
+    """Inverse of :func:`_quantize_int8` (padded to whole blocks; callers slice by layout)."""
+    with warnings.catch_warnings():  # a read-only memmap: torch warns, we never write
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(view)
+    n, width = t.shape
+    if width % (QUANT_BLOCK + 4):
+        raise StoreError(f"int8 rows of width {width} are not whole quantisation blocks")
+    blocks = width // (QUANT_BLOCK + 4)
+    codes = t[:, : blocks * QUANT_BLOCK].reshape(n, blocks, QUANT_BLOCK)
+    scale = t[:, blocks * QUANT_BLOCK :].contiguous().view(torch.float32)
+    out = codes.to(torch.float32).mul_(scale.unsqueeze(-1))
+    return out.reshape(n, -1).to(dtype or torch.float32)
 
 
 def file_sha256(path: Path) -> str:
@@ -118,6 +162,8 @@ def to_torch(rows: np.ndarray, dtype_name: str, dtype: torch.dtype | None = None
     float16 store is about 2x faster. The result never aliases the file.
     """
     view = np.asarray(rows)
+    if dtype_name == "int8":
+        return _dequantize_int8(view, dtype)
     bf16 = dtype_name == "bfloat16"
     stored = torch.bfloat16 if bf16 else torch.from_numpy(view[:0].copy()).dtype
     if dtype is not None and dtype != stored:  # .to() a new dtype always makes a copy
@@ -130,7 +176,12 @@ def to_torch(rows: np.ndarray, dtype_name: str, dtype: torch.dtype | None = None
 
 
 def to_numpy(rows: torch.Tensor, dtype_name: str) -> np.ndarray:
-    """A (n, row_length) tensor cast to the stored dtype, as a numpy array."""
+    """A (n, row_length) tensor cast to the stored dtype, as a numpy array.
+
+    For int8 the array is (n, :func:`stored_length`): block codes, then their scales.
+    """
+    if dtype_name == "int8":
+        return _quantize_int8(rows)
     t = rows.detach().to(_TORCH_DTYPES[dtype_name]).contiguous().cpu()
     return t.view(torch.uint16).numpy() if dtype_name == "bfloat16" else t.numpy()
 
@@ -268,7 +319,8 @@ class FactorStore:
             arr = np.load(self.path / shard["file"], mmap_mode="r")
         except (ValueError, OSError, EOFError) as err:
             raise StoreError(f"cannot read shard {self.path / shard['file']}: {err}") from err
-        expected = (shard["stop"] - shard["start"], self.manifest["row_length"])
+        expected = (shard["stop"] - shard["start"],
+                    stored_length(self.manifest["row_length"], self.dtype))
         if arr.shape != expected:
             raise StoreError(f"shard {shard['file']} has shape {arr.shape}, expected {expected}")
         raw = getattr(arr, "_mmap", None)  # read ahead further: shards are streamed in order

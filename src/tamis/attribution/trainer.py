@@ -74,6 +74,7 @@ from tamis.attribution.store import (
     StoreWriter,
     read_manifest,
     row_layout,
+    stored_length,
     to_numpy,
 )
 from tamis.attribution.task import AttributionTask
@@ -457,8 +458,9 @@ class StoreCallback(TrainerCallback):
         folder = self._store_path(self._epoch)
         folder.mkdir(parents=True, exist_ok=True)
         return np.lib.format.open_memmap(
-            folder / SCRATCH, mode="w+", dtype=to_numpy(torch.zeros(1), self.factors.dtype).dtype,
-            shape=(self.n, row_length))
+            folder / SCRATCH, mode="w+",
+            dtype=to_numpy(torch.zeros(1, 1), self.factors.dtype).dtype,
+            shape=(self.n, stored_length(row_length, self.factors.dtype)))
 
     def _flush(self) -> None:
         """Turn the finished micro-batch into store rows in the scratch file."""
