@@ -116,7 +116,7 @@ def compare_stores(
     results[DEFAULT_ROW] = default.score(bundle.queries, score_cfg)
     energy = default.store.energy()
     rows.append({"method": DEFAULT_ROW, "c": default.store.rank, "d": None, "r": None,
-                 "n_train": default.store.num_examples, "dtype": "float16",
+                 "n_train": default.store.num_examples, "dtype": default.store.dtype,
                  "bytes_per_example": default.store.bytes_per_example,
                  "numbers_per_example": default.store.manifest["row_length"],
                  "curvature_bytes": default.curvature.memory_bytes, "build_s": t_build,
@@ -171,8 +171,8 @@ convolutions' gradients sum over positions and are truncated at c); its curvatur
 eigenspace of the damped empirical Fisher (Woodbury). Dense LoGRA stores every d1 x d2 gradient
 and inverts the full damped Fisher per layer. The last row is the library's default,
 <code>Attributor(task, model, path)</code> with nothing else: EK-FAC curvature in the unprojected
-space of every layer side of at most 1,024, up to 16 factor pairs per layer but never more
-numbers than a dense 64 x 64 gradient (chosen by LDS on three settings, see
+space of every layer side of at most 1,024, up to 32 int8 factor pairs per layer but never more
+bytes than a dense float16 64 x 64 gradient (chosen by LDS on three settings, see
 <code>docs/attribution.md</code>); the pictures show its most helpful and harmful training
 images. The other rows use a 32 x 32 projection, so the default's store (unprojected on these
 small layers) is the largest here. Scores are for {len(bundle.queries)} test images;
