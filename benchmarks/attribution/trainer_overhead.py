@@ -28,9 +28,11 @@ import torch
 import transformers
 
 from tamis.attribution import FactorStore
+from tamis.attribution.presets import preset
 from tamis.attribution.trainer import StoreCallback
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+EK = preset("ekfac").factors
 
 
 class StepTimer(transformers.TrainerCallback):
@@ -158,9 +160,9 @@ def main() -> None:
         f"Model: GPT-2 architecture, {args.layers} layers, hidden {args.hidden}, vocab "
         f"{args.vocab}, dropout 0.1 (config default); sequence {args.seq}, batch "
         f"{args.batch}, {args.steps} steps per run ({args.warmup} warm-up steps dropped), "
-        f"{args.repeats} runs per arm, arms alternating. Stores in float16: ekfac = the "
-        "default preset (sides <= 1024 unprojected, up to 16 factor pairs capped at 4096 "
-        "numbers per layer), lorif = 64 x 64 projection, c = 1.",
+        f"{args.repeats} runs per arm, arms alternating. ekfac = the default preset (sides "
+        f"<= 1024 unprojected, up to {EK.rank} {EK.dtype} factor pairs capped at "
+        f"{EK.max_numbers} numbers per layer), lorif = 64 x 64 projection, c = 1, float16.",
         "",
         "| arm | median step (s) | step overhead | median train() wall (s) | wall overhead "
         "| ranks per layer | store MB |",
