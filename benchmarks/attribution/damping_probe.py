@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -233,9 +234,7 @@ def main() -> None:
     stats = direction_stats(st, store, curv)
     steps, total = lr_sum(st["setting"])
     lam = horizon_damping(store, curv, stats, total, st["setting"]["batch_size"])
-    from dataclasses import replace as _replace
-
-    hc = _replace(curv, blocks=[_replace(b, damping=lam[b.layers[0]]) for b in curv.blocks])
+    hc = replace(curv, blocks=[replace(b, damping=lam[b.layers[0]]) for b in curv.blocks])
     s_h = compute_scores(st["task"], st["model"], st["queries"], store, hc, sc,
                          torch.float32).scores
     horizon = {"lds": _lds(s_h, st["masks"], st["truth"])["lds"],

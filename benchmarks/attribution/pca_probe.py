@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from defaults import SWEEP, _lds, _store_bytes  # noqa: E402
+from defaults import run_tamis  # noqa: E402
 from fisher_damping import CACHE, SETTINGS  # noqa: E402
 
 import tamis.attribution.capture as capture_mod  # noqa: E402
@@ -31,13 +29,10 @@ from tamis.attribution import (  # noqa: E402
     CurvatureConfig,
     FactorConfig,
     ProjectionConfig,
-    ScoreConfig,
     fit_curvature,
 )
 from tamis.attribution.build import build_store  # noqa: E402
 from tamis.attribution.fisher import source_for  # noqa: E402
-from tamis.attribution.scoring import compute_scores  # noqa: E402
-from tamis.attribution.tuning import _with_damping  # noqa: E402
 
 ORIGINAL = capture_mod.layer_projections
 
@@ -69,28 +64,12 @@ def patch(bases: dict | None) -> None:
     capture_mod.layer_projections = pca
 
 
-def run(st: dict, work: Path, label: str, proj, factors, curv_cfg) -> dict:
-    """Build, fit, score, sweep."""
-    task, model, train, queries, bs = (st["task"], st["model"], st["train"], st["queries"],
-                                       st["batch_size"])
-    t0 = time.perf_counter()
-    store = build_store(task, model, train, work / label.replace(" ", "_").replace(",", ""),
-                        proj, factors, BuildConfig(batch_size=bs, progress=False),
-                        overwrite=True)
-    t_build = time.perf_counter() - t0
-    cfg = replace(curv_cfg, fisher_batch_size=bs)
-    curv = fit_curvature(store, cfg, torch.float32, False,
-                         source_for(cfg, task, model, train, store))
-    sc = ScoreConfig(progress=False, top_k=1, batch_size=bs)
-    sweep = {}
-    for a in SWEEP:
-        s = compute_scores(task, model, queries, store, _with_damping(curv, a), sc,
-                           torch.float32).scores
-        sweep[a] = _lds(s, st["masks"], st["truth"])["lds"]
-    row = {"method": label, "bytes_per_example": _store_bytes(store), "build_s": t_build,
-           "lds_default": sweep[1.0], "sweep": sweep}
-    print(label, json.dumps(row), flush=True)
-    return row
+def run(st: dict, work: Path, label: str, proj, curv_cfg) -> dict:
+    """One dense-store row through ``defaults.run_tamis`` (build, fit, score, damping sweep)."""
+    row, _, _ = run_tamis(st, {"label": label, "proj": proj, "c": None, "curv": curv_cfg},
+                          work, 1)
+    return {k: row[k] for k in ("method", "bytes_per_example", "build_s", "lds", "sweep")
+            if k in row}
 
 
 def main() -> None:
@@ -111,13 +90,12 @@ def main() -> None:
         proj = ProjectionConfig(d1=k, d2=k, clip_to_layer=True)
         patch(bases)
         rows.append(run(st, work, f"pca {k}x{k} dense store, ekfac", proj,
-                        FactorConfig(None, "float16"), CurvatureConfig(kind="ekfac")))
+                        CurvatureConfig(kind="ekfac")))
         rows.append(run(st, work, f"pca {k}x{k} dense store, logra (exact eigh)", proj,
-                        FactorConfig(None, "float16"),
                         CurvatureConfig(kind="lowrank", rank=10**6, method="exact")))
         patch(None)
         rows.append(run(st, work, f"random {k}x{k} dense store, ekfac", proj,
-                        FactorConfig(None, "float16"), CurvatureConfig(kind="ekfac")))
+                        CurvatureConfig(kind="ekfac")))
     out = Path("/tmp") / f"pca_probe_{args.setting}.json"
     out.write_text(json.dumps(rows, indent=1, default=str))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tamis.attribution.config import CurvatureConfig, FactorConfig, ProjectionConfig
+from tamis.attribution.store import bytes_per_number
 
 DEFAULT_METHOD = "ekfac"
 
@@ -44,9 +45,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-_BYTES_PER_NUMBER = {"int8": 68 / 64, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
-
-
 def factors_with_dtype(factors: FactorConfig, dtype: str | None) -> FactorConfig:
     """``factors`` stored as ``dtype`` (``None``: unchanged), in the same bytes per layer.
 
@@ -59,10 +57,10 @@ def factors_with_dtype(factors: FactorConfig, dtype: str | None) -> FactorConfig
     """
     if dtype is None or dtype == factors.dtype:
         return factors
-    new = replace(factors, dtype=dtype)
-    if factors.max_numbers is not None and dtype in _BYTES_PER_NUMBER:
-        budget = factors.max_numbers * _BYTES_PER_NUMBER[factors.dtype]
-        new = replace(new, max_numbers=max(1, int(budget // _BYTES_PER_NUMBER[dtype])))
+    new = replace(factors, dtype=dtype)  # validates dtype
+    if factors.max_numbers is not None:
+        budget = factors.max_numbers * bytes_per_number(factors.dtype)
+        new = replace(new, max_numbers=max(1, int(budget // bytes_per_number(dtype))))
     return new
 
 

@@ -69,6 +69,12 @@ def stored_length(row_length: int, dtype_name: str) -> int:
     return blocks * (QUANT_BLOCK + 4)
 
 
+def bytes_per_number(dtype_name: str) -> float:
+    """Bytes one stored number takes on disk, scales included (int8: 68 / 64)."""
+    item = np.dtype(_NUMPY_DTYPES[dtype_name]).itemsize
+    return stored_length(QUANT_BLOCK, dtype_name) * item / QUANT_BLOCK
+
+
 def _quantize_int8(rows: torch.Tensor) -> np.ndarray:
     """(n, L) floats -> (n, stored_length(L)) int8: blockwise absmax codes, then scales."""
     n, length = rows.shape
