@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from defaults import DEFAULT_LABEL, _lds, configurations, run_tamis  # noqa: E402
+from defaults import DEFAULT_LABEL, _lds, configurations, lr_sum, run_tamis  # noqa: E402
 from fisher_damping import CACHE, SETTINGS, save_model  # noqa: E402
 from harness import fixed_masks, save_data  # noqa: E402
 
@@ -69,6 +69,27 @@ def fmnist_variant(n: int, epochs: int, hidden: int, wd: float, lr: float) -> di
     return {"name": name, "setting": setting, "task": ClassificationTask(["fc1", "fc2"]),
             "model": model, "train": TensorDataset(x, y), "queries": TensorDataset(xq, yq),
             "masks": masks, "truth": truth, "batch_size": 500, "seeds": 3, "cache": cache}
+
+
+def text_lm_variant(n: int, epochs: int) -> dict:
+    """Setting (b) with other epochs / N, its own cache and retrained ground truth."""
+    from models import train_lm
+    from text_lm import LMTask, setting_data
+
+    name = f"text_lm_n{n}_e{epochs}"
+    cache = CACHE / "damping_probe" / name
+    cache.mkdir(parents=True, exist_ok=True)
+    sd = setting_data(n, 100, epochs=epochs)
+    save_data(cache, sd["x"], sd["y"], sd["xq"], sd["yq"])
+    model = train_lm(sd["train_seq"], sd["vocab"], seed=12345, **sd["hp"])
+    model.eval()
+    masks = fixed_masks(cache, n, 50)
+    setting = {**sd["setting"], "variant": name}
+    truth = ground_truth(sd["retrain"], masks, cache, setting, n_seeds=1)
+    return {"name": name, "setting": setting, "task": LMTask(), "model": model,
+            "train": TensorDataset(sd["x"], sd["y"]),
+            "queries": TensorDataset(sd["xq"], sd["yq"]), "masks": masks, "truth": truth,
+            "batch_size": 32, "seeds": 1, "cache": cache}
 
 
 def direction_stats(st: dict, store, curv) -> dict[str, dict[str, np.ndarray]]:
@@ -121,28 +142,6 @@ def horizon_damping(store, curv, stats: dict, lr_total: float, batch_size: int) 
     return out
 
 
-def lr_sum(setting: dict) -> tuple[int, float]:
-    """Optimizer steps and the sum of the learning rate over them, by the setting's own
-    schedule: constant AdamW in (a), one-cycle in (b), warm-up + linear decay in (c)."""
-    n, bs, epochs, lr = setting["n"], setting["batch_size"], setting["epochs"], setting["lr"]
-    steps = epochs * (-(-n // bs))
-    name = setting["name"]
-    if name == "fmnist_mlp":
-        return steps, steps * lr
-    if name == "text_lm":
-        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-        total = 0.0
-        for _ in range(steps):
-            total += opt.param_groups[0]["lr"]
-            opt.step()
-            sched.step()
-        return steps, total
-    warm = max(1, steps // 10)
-    return steps, sum(lr * min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
-                      for s in range(steps))
-
-
 def _at(sweep: dict, a: float) -> float:
     """LDS at the sweep point nearest to ``a`` in log scale (half-decade grid)."""
     return sweep[min(sweep, key=lambda k: abs(np.log10(k) - np.log10(a)))]
@@ -158,28 +157,51 @@ def summarize() -> None:
 
     from tamis._io import write_text_atomic
 
-    rows = []
+    def row(name: str, setting: dict, sweep: dict, adam: dict | None, rho: float) -> dict:
+        steps, total = lr_sum(setting)
+        best = max(sweep, key=sweep.get)
+        return {"name": name, "n": setting["n"], "epochs": setting["epochs"],
+                "lr": setting["lr"], "steps": steps, "lr_sum": total, "best_damping": best,
+                "best_lds": sweep[best], "lds_1x": sweep[1.0],
+                "lds_horizon": _at(sweep, 1 / total), "rho": rho, "rule": 1 / (total * rho),
+                "lds_rule": _at(sweep, 1 / (total * rho)), "sweep": sweep, "adam": adam}
+
+    # rows of earlier runs (their caches may be gone) first, then every cached run
+    out = RESULTS / "attribution_damping_horizon.json"
+    by_name = {}
+    for r in json.loads(out.read_text())["rows"] if out.exists() else []:
+        setting = {"name": "text_lm" if r["name"].startswith("text_lm") else
+                   ("minilm_cls" if r["name"] == "minilm_cls" else "fmnist_mlp"),
+                   "n": r["n"], "epochs": r["epochs"], "lr": r["lr"],
+                   "batch_size": {"text_lm": 32, "minilm_cls": 32}.get(r["name"], 500)}
+        # loss terms per example (rho): the LM averages its 64 next characters, else 1
+        rho = r.get("rho") or (64 if setting["name"] == "text_lm" else 1)
+        sweep = {float(k): v for k, v in r["sweep"].items()}
+        by_name[r["name"]] = {**row(r["name"], setting, sweep, r.get("adam"), rho),
+                              "steps": r["steps"], "lr_sum": r["lr_sum"]}
+        by_name[r["name"]]["lds_horizon"] = _at(sweep, 1 / r["lr_sum"])
+        by_name[r["name"]]["rule"] = 1 / (r["lr_sum"] * rho)
+        by_name[r["name"]]["lds_rule"] = _at(sweep, by_name[r["name"]]["rule"])
     for path in sorted((CACHE / "damping_probe").glob("*.json")):
         r = json.loads(path.read_text())
         sweep = {float(k): v for k, v in r["sweep"].items()}
-        steps, total = lr_sum(r["setting"])
-        best = max(sweep, key=sweep.get)
-        rows.append({"name": r["name"], "n": r["setting"]["n"],
-                     "epochs": r["setting"]["epochs"], "lr": r["setting"]["lr"],
-                     "steps": steps, "lr_sum": total, "best_damping": best,
-                     "best_lds": sweep[best], "lds_1x": sweep[1.0],
-                     "lds_horizon": _at(sweep, 1 / total), "sweep": sweep,
-                     "adam": r.get("horizon")})
+        rho = r.get("loss_terms") or (r["setting"].get("ctx", 1)
+                                      if r["setting"]["name"] == "text_lm" else 1)
+        by_name[r["name"]] = row(r["name"], r["setting"], sweep, r.get("horizon"), rho)
+    rows = list(by_name.values())
     rows.sort(key=lambda r: r["lr_sum"])
     lines = ["| setting | n | epochs | lr | steps | S = sum of lr | best damping (LDS) | "
-             "LDS at 1x (shortfall) | LDS at 1/S (shortfall) | LDS at the Adam-horizon "
-             "damping (shortfall), its geometric-mean relative value |", "|---" * 10 + "|"]
+             "LDS at 1x (shortfall) | LDS at 1/S (shortfall) | rho | LDS at the shipped "
+             "rule 1/(S rho) (shortfall) | LDS at the Adam-horizon "
+             "damping (shortfall), its geometric-mean relative value |", "|---" * 12 + "|"]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['n']} | {r['epochs']} | {r['lr']:g} | {r['steps']} | "
             f"{r['lr_sum']:.3g} | {r['best_damping']:.3g} ({r['best_lds']:.3f}) | "
             f"{r['lds_1x']:.3f} ({r['best_lds'] - r['lds_1x']:.3f}) | "
             f"{r['lds_horizon']:.3f} ({r['best_lds'] - r['lds_horizon']:.3f}) | "
+            f"{r['rho']:g} | {r['rule']:.3g}: {r['lds_rule']:.3f} "
+            f"({r['best_lds'] - r['lds_rule']:.3f}) | "
             + (f"{r['adam']['lds']:.3f} ({r['best_lds'] - r['adam']['lds']:.3f}), "
                f"{_geo(r['adam']['relative']):.3g} |" if r.get("adam") else "- |"))
     md = ("# Best damping against the training horizon\n\n"
@@ -189,8 +211,11 @@ def summarize() -> None:
           "x 3 seeds); this table `damping_probe.py --summarize`. Default store and EK-FAC "
           "curvature of each setting (the ekfac preset), damping relative to the mean "
           "eigenvalue swept over half decades 1e-3 .. 1e3. S is the sum of the learning rate "
-          "over the optimizer steps (AdamW in every setting), by each setting's own schedule."
-          "\n\n" + "\n".join(lines) + "\n")
+          "over the optimizer steps (AdamW in every setting), by each setting's own schedule. "
+          "rho: loss terms per example (64 next characters in (b), 1 for the classifiers); "
+          "1/(S rho) is the rule `Attributor(..., horizon=TrainingHorizon(S))` applies. LDS at "
+          "a rule = the sweep point nearest to its value (half-decade grid).\n\n"
+          + "\n".join(lines) + "\n")
     write_text_atomic(RESULTS / "attribution_damping_horizon.md", md)
     write_text_atomic(RESULTS / "attribution_damping_horizon.json",
                       json.dumps({"rows": rows}, indent=1, default=str))
@@ -203,6 +228,7 @@ def main() -> None:
     p.add_argument("--setting", default="fmnist_mlp")
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--epochs", type=int, default=None, help="variant of (a)")
+    p.add_argument("--lm-epochs", type=int, default=None, help="variant of (b)")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--wd", type=float, default=1e-3)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -214,14 +240,16 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.epochs is not None:
+    if args.lm_epochs is not None:
+        st = text_lm_variant(args.n if args.n != 5000 else 2000, args.lm_epochs)
+    elif args.epochs is not None:
         st = fmnist_variant(args.n, args.epochs, args.hidden, args.wd, args.lr)
     else:
         a = argparse.Namespace(n_train=None, seeds=None, n_queries=100, subsets=50,
                                truth_reverse=False)
         st = SETTINGS[args.setting](a)
         st["name"] = args.setting
-    spec = next(s for s in configurations(args.setting != "fmnist_mlp")
+    spec = next(s for s in configurations(args.setting != "fmnist_mlp" or bool(args.lm_epochs))
                 if s["label"] == DEFAULT_LABEL)
     out_dir = CACHE / "damping_probe"
     row, store, curv = run_tamis(st, spec, out_dir / "stores" / st["name"], args.threads)
@@ -243,7 +271,10 @@ def main() -> None:
                "r": {k: v["r"] for k, v in stats.items()}}
     np.savez(out_dir / f"{st['name']}.npz",
              **{f"{k}/{f}": v[f] for k, v in stats.items() for f in ("lam", "m2", "neff")})
+    from tamis.attribution.horizon import mean_loss_terms
+
     res = {"name": st["name"], "setting": st["setting"], "sweep": sweep,
+           "loss_terms": mean_loss_terms(st["task"], st["train"], batch_size=st["batch_size"]),
            "damping_1x": {k: v["damping_1x"] for k, v in stats.items()},
            "horizon": horizon, "n_train": len(st["train"]), "wall_s": time.perf_counter() - t0}
     (out_dir / f"{st['name']}.json").write_text(json.dumps(res, indent=1, default=str))

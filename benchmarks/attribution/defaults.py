@@ -8,6 +8,9 @@ own benchmark script (the ground-truth cache is shared through ``fisher_damping.
 
 * ``tamis defaults``: ``Attributor(task, model, path)`` with nothing else (the ``ekfac``
   preset of :mod:`tamis.attribution.presets`);
+* ``tamis defaults + training horizon``: the same, given the training run's sum of learning
+  rates S (``Attributor(..., horizon=TrainingHorizon(S))``; StoreCallback records it): the
+  damping is the horizon rule 1 / (S rho) of :mod:`tamis.attribution.horizon`;
 * ``tamis lorif (paper preset)``: 64 x 64 projection clipped to each layer, c = 1, r = 256,
   empirical Fisher, damping 1 x mean eigenvalue;
 * ``tamis tuned``: :func:`tamis.attribution.tune` (kinds EK-FAC and K-FAC) on the default
@@ -53,6 +56,11 @@ from tamis.attribution import (  # noqa: E402
 from tamis.attribution.build import build_store  # noqa: E402
 from tamis.attribution.evaluation import lds  # noqa: E402
 from tamis.attribution.fisher import source_for  # noqa: E402
+from tamis.attribution.horizon import (  # noqa: E402
+    TrainingHorizon,
+    horizon_damping,
+    mean_loss_terms,
+)
 from tamis.attribution.presets import PRESETS  # noqa: E402
 from tamis.attribution.scoring import compute_scores  # noqa: E402
 from tamis.attribution.tuning import TuneConfig, _with_damping, tune  # noqa: E402
@@ -64,6 +72,8 @@ PROJ_256 = ProjectionConfig(d1=256, d2=256)
 AUTO_PROJ = ProjectionConfig(identity_up_to=1024)  # sides <= 1024 unprojected, larger to 64
 TUNED_LABEL = "tamis tuned (tune() on the default store: kind, Fisher, damping)"
 DEFAULT_LABEL = "tamis defaults (Attributor(task, model, path): ekfac preset)"
+HORIZON_LABEL = ("tamis defaults + training horizon (Attributor(..., horizon=TrainingHorizon(S))"
+                 ": damping 1 / (S rho))")
 
 
 def configurations(sequence: bool) -> list[dict]:
@@ -73,6 +83,9 @@ def configurations(sequence: bool) -> list[dict]:
         {"label": DEFAULT_LABEL, "proj": ek.projection, "c": ek.factors.rank,
          "max_numbers": ek.factors.max_numbers, "dtype": ek.factors.dtype,
          "curv": ek.curvature},
+        {"label": HORIZON_LABEL, "proj": ek.projection, "c": ek.factors.rank,
+         "max_numbers": ek.factors.max_numbers, "dtype": ek.factors.dtype,
+         "curv": ek.curvature, "horizon": True},
         {"label": "tamis lorif (paper preset)", "proj": DEFAULT_PROJ, "c": 1,
          "curv": CurvatureConfig()},
         {"label": "tamis lorif, true Fisher", "proj": DEFAULT_PROJ, "c": 1,
@@ -155,6 +168,28 @@ def _factor_config(spec: dict) -> FactorConfig:
                         max_numbers=spec.get("max_numbers"))
 
 
+def lr_sum(setting: dict) -> tuple[int, float]:
+    """Optimizer steps and the sum of the learning rate over them, by the setting's own
+    schedule: constant AdamW in (a), one-cycle in (b), warm-up + linear decay in (c)."""
+    n, bs, epochs, lr = setting["n"], setting["batch_size"], setting["epochs"], setting["lr"]
+    steps = epochs * (-(-n // bs))
+    name = setting["name"]
+    if name == "fmnist_mlp":
+        return steps, steps * lr
+    if name == "text_lm":
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        total = 0.0
+        for _ in range(steps):
+            total += opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+        return steps, total
+    warm = max(1, steps // 10)
+    return steps, sum(lr * min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
+                      for s in range(steps))
+
+
 def run_tamis(st: dict, spec: dict, work: Path, threads: int) -> tuple[dict, object, object]:
     """Build, fit, score one row; LDS at its damping and over the sweep."""
     task, model, train, queries = st["task"], st["model"], st["train"], st["queries"]
@@ -165,6 +200,10 @@ def run_tamis(st: dict, spec: dict, work: Path, threads: int) -> tuple[dict, obj
         BuildConfig(batch_size=bs, progress=False), overwrite=True)
     t_build = time.perf_counter() - t0
     cfg = replace(spec["curv"], fisher_batch_size=bs)
+    if spec.get("horizon"):  # what Attributor(..., horizon=TrainingHorizon(S)) does
+        terms = mean_loss_terms(task, train, batch_size=bs)
+        cfg = replace(cfg, damping=horizon_damping(TrainingHorizon(lr_sum(st["setting"])[1]),
+                                                   terms))
     t0 = time.perf_counter()
     curv = fit_curvature(store, cfg, torch.float32, False,
                          source_for(cfg, task, model, train, store))

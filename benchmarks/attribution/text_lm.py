@@ -65,6 +65,11 @@ class LMTask(AttributionTask):
     def compute_measurement(self, batch, model):
         return self.compute_train_loss(batch, model)
 
+    def loss_terms(self, batch):
+        """Every window's loss averages its ctx next-character terms (horizon damping)."""
+        x, _ = batch
+        return torch.full((x.shape[0],), x.shape[1])
+
     def compute_sampled_loss(self, batch, model, generator):
         """The same mean cross-entropy against characters sampled from the model (true Fisher)."""
         from tamis.attribution import sampled_cross_entropy

@@ -210,3 +210,29 @@ def test_cli_fit_saves_the_curvature_that_query_reuses(tmp_path):
                               "--rank-r", "4", "--out", str(tmp_path / "o.npz")])
     assert res.exit_code == 0, res.output
     assert files[0].stat().st_mtime_ns == stamp  # reused, not refitted
+
+
+def test_cli_lr_sum_sets_the_horizon_damping_and_query_reuses_it(tmp_path):
+    """--lr-sum 0.25 on a classifier: damping 1 / (0.25 * 1) = 4, kept in the store."""
+    runner = CliRunner()
+    store = str(tmp_path / "s")
+    assert runner.invoke(app, ["attribute", "build", "--task", TASK_FILE, "--store", store,
+                               "--dtype", "float32"]).exit_code == 0
+    res = runner.invoke(app, ["attribute", "fit", "--task", TASK_FILE, "--store", store,
+                              "--lr-sum", "0.25"])
+    assert res.exit_code == 0, res.output
+    assert "damping 4 x mean eigenvalue" in res.output
+    assert (tmp_path / "s" / "training_horizon.json").exists()
+    outs = {}
+    for name, extra in (("horizon", []), ("given", ["--damping", "4"]),
+                        ("one", ["--damping", "1"])):
+        out = tmp_path / f"{name}.npz"
+        res = runner.invoke(app, ["attribute", "query", "--task", TASK_FILE, "--store", store,
+                                  "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        outs[name] = np.load(out)["scores"]
+    np.testing.assert_allclose(outs["horizon"], outs["given"])
+    assert not np.allclose(outs["horizon"], outs["one"])
+    res = runner.invoke(app, ["attribute", "fit", "--task", TASK_FILE, "--store", store,
+                              "--lr-sum", "-1"])
+    assert res.exit_code != 0 and "lr_sum" in res.output

@@ -33,6 +33,7 @@ from tamis.attribution.errors import (
     UnsupportedModuleError,
 )
 from tamis.attribution.fisher import FisherSource, sampled_cross_entropy
+from tamis.attribution.horizon import TrainingHorizon, horizon_damping
 from tamis.attribution.methods import METHODS, Attributor
 from tamis.attribution.presets import DEFAULT_METHOD, PRESETS, Preset, preset
 from tamis.attribution.scoring import ScoreResult, compute_scores, score_gradients, self_influence
@@ -63,6 +64,8 @@ __all__ = [
     "AttributionError",
     "AttributionTask",
     "Attributor",
+    "TrainingHorizon",
+    "horizon_damping",
     "BuildConfig",
     "Curvature",
     "CurvatureConfig",

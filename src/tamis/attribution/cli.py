@@ -176,6 +176,36 @@ def _init_distributed() -> None:
         atexit.register(_leave)
 
 
+DAMPING_HELP = ("Damping lambda (relative: x mean eigenvalue). Default: 1, or for ekfac/kfac "
+                "with a training horizon (--lr-sum, or the training_horizon.json StoreCallback "
+                "leaves in the store) the horizon rule 1 / (S * rho).")
+LR_SUM_HELP = ("Sum of the training learning rate over the optimizer steps (the training "
+               "horizon S); written into the store as training_horizon.json.")
+
+
+def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: float | None,
+                  lr_sum: float | None, tuned: bool) -> CurvatureConfig:
+    """``cfg`` with the training-horizon damping where it applies (ekfac/kfac, no --damping)."""
+    from dataclasses import replace
+
+    from tamis.attribution.horizon import (
+        TrainingHorizon,
+        horizon_damping,
+        mean_loss_terms,
+        read_horizon,
+        write_horizon,
+    )
+
+    horizon = TrainingHorizon(lr_sum) if lr_sum is not None else read_horizon(store.path)
+    if lr_sum is not None and process_group()[0] == 0:
+        write_horizon(store.path, horizon)
+    if (horizon is None or damping is not None or tuned or cfg.kind not in ("ekfac", "kfac")
+            or cfg.damping_mode != "relative"):
+        return cfg
+    terms = mean_loss_terms(bundle.task, bundle.train)
+    return replace(cfg, damping=horizon_damping(horizon, terms))
+
+
 def _curvature_for(store: FactorStore, cfg: CurvatureConfig, bundle=None) -> Curvature:
     key = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
     path = store.path / f"curvature-{cfg.kind}-{key}.safetensors"
@@ -219,7 +249,8 @@ def fit(
     curvature: str = typer.Option("auto", help="auto (the store's preset) | lowrank | dense | "
                                   "identity | ekfac | kfac."),
     rank_r: int = typer.Option(256, help="Curvature rank r (lowrank; clipped to D)."),
-    damping: float = typer.Option(1.0, help="Damping lambda (relative: x mean eigenvalue)."),
+    damping: float | None = typer.Option(None, help=DAMPING_HELP),
+    lr_sum: float | None = typer.Option(None, help=LR_SUM_HELP),
     damping_mode: str = typer.Option("relative", help="relative | absolute."),
     granularity: str = typer.Option("layer", help="layer | model."),
     fisher: str = typer.Option("empirical", help="empirical | true | ggn."),
@@ -234,15 +265,17 @@ def fit(
     _init_distributed()
     try:
         s = FactorStore.open(store)
-        cfg = _curvature_config(s, curvature, rank_r, damping, damping_mode, granularity,
-                                fisher, n_samples, tuned)
+        cfg = _curvature_config(s, curvature, rank_r, 1.0 if damping is None else damping,
+                                damping_mode, granularity, fisher, n_samples, tuned)
         b = _bundle(task, cache_dir, data_dir, _hf(model, data, None, model_kind, layers,
                                                     truncate, window))
+        cfg = _with_horizon(s, cfg, b, damping, lr_sum, tuned)
         curv = _curvature_for(s, cfg, b)
     except (AttributionError, DistributedError, ValueError, FileNotFoundError) as err:
         _fail(err)
     if process_group()[0] == 0:
-        console.print(f"{curv.kind} curvature ({cfg.fisher} Fisher, {len(curv.blocks)} "
+        console.print(f"{curv.kind} curvature ({cfg.fisher} Fisher, damping {cfg.damping:.3g} "
+                      f"x mean eigenvalue, {len(curv.blocks)} "
                       f"block(s), {curv.memory_bytes / 2**20:.2f} MiB, "
                       f"{curv.extra.get('passes')} pass(es)) saved in {s.path}")
 
@@ -268,7 +301,8 @@ def query(
         "...) | lowrank | dense | identity | ekfac | kfac (Kronecker: extra passes over the "
         "task's training data)."),
     rank_r: int = typer.Option(256, help="Curvature rank r (lowrank; clipped to D)."),
-    damping: float = typer.Option(1.0, help="Damping lambda (relative: x mean eigenvalue)."),
+    damping: float | None = typer.Option(None, help=DAMPING_HELP),
+    lr_sum: float | None = typer.Option(None, help=LR_SUM_HELP),
     damping_mode: str = typer.Option("relative", help="relative (x mean eigenvalue) | absolute."),
     granularity: str = typer.Option("layer", help="layer | model."),
     fisher: str = typer.Option(
@@ -293,10 +327,11 @@ def query(
     _init_distributed()
     try:
         s = FactorStore.open(store)
-        cfg = _curvature_config(s, curvature, rank_r, damping, damping_mode, granularity,
-                                fisher, n_samples, tuned)
+        cfg = _curvature_config(s, curvature, rank_r, 1.0 if damping is None else damping,
+                                damping_mode, granularity, fisher, n_samples, tuned)
         b = _bundle(task, cache_dir, data_dir,
                     _hf(model, data, queries, model_kind, layers, truncate, window))
+        cfg = _with_horizon(s, cfg, b, damping, lr_sum, tuned)
         if "texts" in b.info and len(b.train) != s.num_examples:
             raise ValueError(
                 f"the store holds {s.num_examples} rows but --data gives {len(b.train)} "

@@ -102,6 +102,10 @@ class CausalLMTask(_HFTask):
         keep = target != IGNORE
         return logits, target, keep
 
+    def loss_terms(self, batch: Any) -> torch.Tensor:
+        """(B,) labelled next tokens of each example (its loss terms)."""
+        return (batch[2][:, 1:] != IGNORE).sum(1)
+
     def _reduce(self, losses: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         total = (losses * keep).sum(1)
         return total if self.reduction == "sum" else total / keep.sum(1).clamp_min(1)

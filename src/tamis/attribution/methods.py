@@ -41,6 +41,13 @@ from tamis.attribution.config import (
     ScoreConfig,
 )
 from tamis.attribution.curvature import Curvature, fit_curvature
+from tamis.attribution.horizon import (
+    TrainingHorizon,
+    horizon_damping,
+    mean_loss_terms,
+    read_horizon,
+    write_horizon,
+)
 from tamis.attribution.presets import DEFAULT_METHOD, factors_with_dtype, preset
 from tamis.attribution.scoring import ScoreResult, compute_scores, self_influence
 from tamis.attribution.store import FactorStore
@@ -78,6 +85,16 @@ class Attributor:
         build: Build config.
         compute_dtype: Precision of curvature and scoring.
         factors: Full store-factor config (overrides ``rank_c``, ``dtype`` and the preset).
+        horizon: The training run's :class:`TrainingHorizon` (sum of the learning rate).
+            With ``ekfac``/``kfac`` and no ``curvature`` given, the damping is then the
+            horizon rule ``1 / (S * rho)`` (:mod:`tamis.attribution.horizon`) instead of the
+            preset's 1 x mean eigenvalue. Default: the ``training_horizon.json`` that
+            :class:`~tamis.attribution.trainer.StoreCallback` leaves in ``path``, if any.
+            Passed here, it is written there.
+
+    Attributes:
+        damping_rule: How the damping was chosen: ``"preset"``, ``"horizon"`` (with
+            ``lr_sum``, ``loss_terms`` and the relative ``damping``) or ``"given"``.
 
     """
 
@@ -95,6 +112,7 @@ class Attributor:
         build: BuildConfig | None = None,
         compute_dtype: torch.dtype = torch.float32,
         factors: FactorConfig | None = None,
+        horizon: TrainingHorizon | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -108,6 +126,10 @@ class Attributor:
         self.factors = factors
         base = curvature or replace(p.curvature, rank=rank_r)
         self.curvature_config = replace(base, kind=p.curvature.kind)
+        self._damping_given = curvature is not None
+        self.horizon = horizon
+        self.damping_rule: dict = {"rule": "given" if self._damping_given else "preset",
+                                   "damping": self.curvature_config.damping}
         self.build_config = build or BuildConfig()
         self.compute_dtype = compute_dtype
         self.store: FactorStore | None = None
@@ -134,13 +156,30 @@ class Attributor:
         )
         from tamis.attribution.fisher import source_for
 
-        cfg = self.curvature_config
+        cfg = self._horizon_config(dataset, collate_fn)
         source = source_for(cfg, self.task, self.model, dataset, self.store, collate_fn)
         self.curvature = fit_curvature(
             self.store, cfg, self.compute_dtype, self.build_config.progress, source
         )
         self.curvature.save(self.path / f"curvature-{self.curvature.kind}.safetensors")
         return self
+
+    def _horizon_config(self, dataset: Any,
+                        collate_fn: Callable[[Sequence[Any]], Any] | None) -> CurvatureConfig:
+        """The curvature config, with the horizon damping where it applies."""
+        cfg = self.curvature_config
+        if self.horizon is not None:
+            write_horizon(self.path, self.horizon)
+        horizon = self.horizon or read_horizon(self.path)
+        if (horizon is None or self._damping_given or cfg.kind not in ("ekfac", "kfac")
+                or cfg.damping_mode != "relative"):
+            return cfg
+        terms = mean_loss_terms(self.task, dataset, collate_fn, self.build_config.batch_size)
+        damping = horizon_damping(horizon, terms)
+        self.damping_rule = {"rule": "horizon", "lr_sum": horizon.lr_sum,
+                             "loss_terms": terms, "damping": damping}
+        self.curvature_config = replace(cfg, damping=damping)
+        return self.curvature_config
 
     def _fitted(self) -> tuple[FactorStore, Curvature]:
         if self.store is None or self.curvature is None:

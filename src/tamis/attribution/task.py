@@ -81,6 +81,15 @@ class AttributionTask(ABC):
 
         return sampled_cross_entropy(self.compute_logits(batch, model), generator)
 
+    def loss_terms(self, batch: Any) -> torch.Tensor | None:
+        """Number of loss terms in each example's training loss, ``(B,)`` (optional).
+
+        A language model's loss is made of its labelled tokens; a classifier's of one term
+        (``None``, the default, means 1). Summed or averaged makes no difference. Used by
+        the training-horizon damping (:mod:`tamis.attribution.horizon`).
+        """
+        return None
+
     def batch_size_of(self, batch: Any) -> int:
         """Number of examples in ``batch`` (first dimension of its first tensor)."""
         first = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -315,6 +315,8 @@ class StoreCallback(TrainerCallback):
         self._active = False
         self._cur: _Micro | None = None
         self._convention: str | None = None
+        self._lr_sum, self._lr_steps, self._lr_next = 0.0, 0, 0.0
+        self._optimizer_name: str | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def attach(self, trainer: Any) -> StoreCallback:
@@ -349,6 +351,7 @@ class StoreCallback(TrainerCallback):
                                    "the capture hooks would record twice; use when='end'")
         self.task = self.task or default_task(model)
         self.n = len(train_dataloader.dataset)
+        self._track_lr_begin(kwargs.get("optimizer"))
         if (self.path / MANIFEST).exists() and not self.overwrite and self.collect == \
                 "last_epoch" and not (self.path / SCRATCH).exists():
             raise StoreError(f"{self.path} already holds a store; pass overwrite=True or "
@@ -540,6 +543,7 @@ class StoreCallback(TrainerCallback):
         writer.finish(len(starts))
         self._scratch = None
         (path / SCRATCH).unlink(missing_ok=True)
+        self._write_horizon(path)
 
     # -- events ------------------------------------------------------------------------------
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -564,8 +568,38 @@ class StoreCallback(TrainerCallback):
         self._flush()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Write the rows of the last micro-batch of the step."""
+        """Write the rows of the last micro-batch of the step; add its lr to the horizon."""
         self._flush()
+        self._track_lr_step(kwargs.get("optimizer"))
+
+    # -- training horizon (sum of the learning rate; tamis.attribution.horizon) --------------
+    @staticmethod
+    def _current_lr(optimizer: Any) -> float | None:
+        groups = getattr(optimizer, "param_groups", None)
+        return float(groups[0]["lr"]) if groups else None
+
+    def _track_lr_begin(self, optimizer: Any) -> None:
+        self._lr_sum, self._lr_steps = 0.0, 0
+        self._lr_next = self._current_lr(optimizer)
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+        self._optimizer_name = type(inner).__name__ if optimizer is not None else None
+
+    def _track_lr_step(self, optimizer: Any) -> None:
+        # on_step_end comes after optimizer.step() and scheduler.step(): the lr read now is
+        # the next step's, so the step just taken used the one read at the previous event
+        if self._lr_next is None:
+            return
+        self._lr_sum += self._lr_next
+        self._lr_steps += 1
+        self._lr_next = self._current_lr(optimizer)
+
+    def _write_horizon(self, folder: Path) -> None:
+        if self._lr_steps == 0 or self._lr_sum <= 0:
+            return
+        from tamis.attribution.horizon import TrainingHorizon, write_horizon
+
+        write_horizon(folder, TrainingHorizon(self._lr_sum, self._lr_steps,
+                                              self._optimizer_name))
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: nn.Module = None,
                      **kwargs: Any) -> None:
@@ -601,6 +635,7 @@ class StoreCallback(TrainerCallback):
         from tamis.attribution.store import write_json_atomic
 
         write_json_atomic(store.path / MANIFEST, manifest)
+        self._write_horizon(store.path)
 
 
 def _rows(captured: dict, layout: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:

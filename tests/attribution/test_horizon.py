@@ -1,0 +1,150 @@
+"""Training-horizon damping: the rule, its file, the Attributor and the Trainer callback."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import TensorDataset
+
+from tamis.attribution import (
+    Attributor,
+    BuildConfig,
+    CurvatureConfig,
+    TrainingHorizon,
+    horizon_damping,
+)
+from tamis.attribution.errors import StoreError
+from tamis.attribution.horizon import (
+    HORIZON_FILE,
+    mean_loss_terms,
+    read_horizon,
+    write_horizon,
+)
+
+from .testable_tasks import ClassificationTask, mlp
+
+torch.set_num_threads(1)
+BUILD = BuildConfig(progress=False, batch_size=8)
+
+
+def _data(n: int = 24, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 6, generator=g, dtype=torch.float64),
+                         torch.randint(0, 3, (n,), generator=g))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf, True, "1"])
+def test_bad_lr_sum_is_named(bad):
+    with pytest.raises(ValueError, match="lr_sum"):
+        TrainingHorizon(lr_sum=bad)
+
+
+def test_from_lrs_sums_the_schedule_and_rejects_an_empty_one():
+    h = TrainingHorizon.from_lrs([0.0, 0.5, 1.0, 0.5], optimizer="AdamW")
+    assert (h.lr_sum, h.steps, h.optimizer) == (2.0, 4, "AdamW")
+    with pytest.raises(ValueError, match="empty"):
+        TrainingHorizon.from_lrs([])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(1e-6, 1e6), st.floats(1.0, 4096.0))
+def test_horizon_damping_is_one_over_s_rho(lr_sum, terms):
+    lam = horizon_damping(TrainingHorizon(lr_sum), terms)
+    assert lam > 0 and math.isclose(lam * lr_sum * terms, 1.0, rel_tol=1e-12)
+
+
+def test_bad_loss_terms_are_named():
+    with pytest.raises(ValueError, match="loss_terms"):
+        horizon_damping(TrainingHorizon(1.0), 0.0)
+
+
+def test_horizon_file_round_trip_and_corruption(tmp_path):
+    assert read_horizon(tmp_path) is None
+    h = TrainingHorizon(0.9, 300, "AdamW")
+    write_horizon(tmp_path, h)
+    assert read_horizon(tmp_path) == h
+    (tmp_path / HORIZON_FILE).write_text('{"lr_sum": 0.9, "ste')  # truncated mid-write
+    with pytest.raises(StoreError, match=HORIZON_FILE):
+        read_horizon(tmp_path)
+    (tmp_path / HORIZON_FILE).write_text('{"lr_sum": -3}')
+    with pytest.raises(StoreError, match="lr_sum"):
+        read_horizon(tmp_path)
+
+
+def test_loss_terms_count_labelled_tokens_of_a_causal_lm():
+    from tamis.attribution.hf import IGNORE, CausalLMTask
+
+    ids = torch.ones(3, 6, dtype=torch.long)
+    labels = ids.clone()
+    labels[0, 4:] = IGNORE
+    labels[1, :] = IGNORE
+    labels[1, 2] = 1
+    data = TensorDataset(ids, torch.ones_like(ids), labels)
+    # shifted targets: 3, 1 and 5 labelled next tokens
+    assert mean_loss_terms(CausalLMTask(), data, batch_size=2) == pytest.approx(3.0)
+    assert mean_loss_terms(ClassificationTask(), _data(5)) == 1.0
+
+
+def test_attributor_uses_the_horizon_rule_and_records_it(tmp_path):
+    """ekfac with a horizon = ekfac at relative damping 1 / S (a classifier: rho = 1)."""
+    data, queries, model = _data(), _data(5, seed=1), mlp()
+    task = ClassificationTask()
+    h = TrainingHorizon(lr_sum=0.25, steps=50)
+    att = Attributor(task, model, tmp_path / "h", dtype="float32", build=BUILD,
+                     horizon=h).fit(data)
+    assert att.damping_rule == {"rule": "horizon", "lr_sum": 0.25, "loss_terms": 1.0,
+                                "damping": 4.0}
+    ref = Attributor(task, model, tmp_path / "ref", dtype="float32", build=BUILD,
+                     curvature=CurvatureConfig(kind="ekfac", damping=4.0)).fit(data)
+    assert ref.damping_rule["rule"] == "given"
+    torch.testing.assert_close(att.score(queries).scores, ref.score(queries).scores)
+    for b, r in zip(att.curvature.blocks, ref.curvature.blocks):
+        assert b.damping == pytest.approx(r.damping)
+    # the horizon now lives with the store: a later Attributor there picks it up
+    again = Attributor(task, model, tmp_path / "h", dtype="float32", build=BUILD).fit(data)
+    assert again.damping_rule["rule"] == "horizon"
+    torch.testing.assert_close(again.score(queries).scores, ref.score(queries).scores)
+    # without a horizon: the preset's 1 x mean eigenvalue
+    plain = Attributor(task, model, tmp_path / "p", dtype="float32", build=BUILD).fit(data)
+    assert plain.damping_rule == {"rule": "preset", "damping": 1.0}
+
+
+def test_horizon_leaves_explicit_curvature_and_lorif_alone(tmp_path):
+    data, model, task = _data(), mlp(), ClassificationTask()
+    h = TrainingHorizon(lr_sum=0.25)
+    given_cfg = Attributor(task, model, tmp_path / "g", build=BUILD, horizon=h,
+                           curvature=CurvatureConfig(kind="ekfac", damping=0.3)).fit(data)
+    assert given_cfg.damping_rule["rule"] == "given"
+    assert given_cfg.curvature_config.damping == 0.3
+    lorif = Attributor(task, model, tmp_path / "l", method="lorif", build=BUILD,
+                       horizon=h).fit(data)
+    assert lorif.damping_rule["rule"] == "preset"
+
+
+def test_store_callback_records_the_lr_the_trainer_applied(tmp_path):
+    """Sum of the lr of every optimizer step (linear warm-up and decay) = the horizon."""
+    transformers = pytest.importorskip("transformers")
+    from tamis.attribution.trainer import StoreCallback
+
+    from .test_trainer_callback import BUILD as CB_BUILD
+    from .test_trainer_callback import FACTORS, _dicts, _gpt2, _lm_data, _trainer
+
+    class Recorder(transformers.TrainerCallback):
+        lrs: list = []
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kw):
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    rec = Recorder()
+    trainer = _trainer(_gpt2(), _dicts(_lm_data(6)), tmp_path, learning_rate=0.01,
+                       warmup_steps=2, lr_scheduler_type="linear", callbacks=[rec])
+    StoreCallback(tmp_path / "cb", factors=FACTORS, build=CB_BUILD).attach(trainer)
+    trainer.train()
+    h = read_horizon(tmp_path / "cb")
+    assert h is not None and h.steps == len(rec.lrs) == 6  # 2 epochs x 3 steps
+    assert h.lr_sum == pytest.approx(sum(rec.lrs)) and h.lr_sum > 0
+    assert h.optimizer is not None and "Adam" in h.optimizer
