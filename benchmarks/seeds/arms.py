@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", nargs="+", choices=ARMS + EXTRA_ARMS, default=list(ARMS),
                    help="arms to run (base is always run: gains are relative to it)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--set-steps", type=int, default=None,
+                   help="DDIM steps for the fine-tuning sets (random pool and curated images); "
+                        "default: --steps. Mining and evaluation always use --steps")
     p.add_argument("--guidance", type=float, default=None,
                    help="default: the model folder's measured sampling default")
     p.add_argument("--judge", choices=("cnn", "checker"), default="cnn", help="mining judge")
@@ -216,6 +219,9 @@ def run(args: argparse.Namespace) -> dict:
     tints = tuple(BACKGROUNDS)[: max(1, args.backgrounds)]
     train = _subsample(world_prompts("train", tints), args.train_prompts, args.kind)
     evalp = _subsample(world_prompts("eval", tints), args.eval_prompts, args.kind)
+    set_gen = (base if not args.set_steps or args.set_steps == args.steps else
+               ShapesWorldGenerator.load(args.model, steps=args.set_steps,
+                                         guidance=args.guidance))
     judge = _mining_judge(args.judge)
     mining_seeds = list(range(args.mining_seeds))
     eval_seeds = list(range(10_000, 10_000 + args.eval_seeds))
@@ -249,7 +255,7 @@ def run(args: argparse.Namespace) -> dict:
             seeds_for = lambda p: top[p.category]  # noqa: E731
         elif arm in ("ft_random", "ft_random_filtered"):
             if pool is None:
-                pool = _random_pool(base, judge, train, 2 * args.ft_images, args.out)
+                pool = _random_pool(set_gen, judge, train, 2 * args.ft_images, args.out)
             images, caps, correct = pool
             if arm == "ft_random":
                 keep = np.arange(args.ft_images)
@@ -267,7 +273,7 @@ def run(args: argparse.Namespace) -> dict:
             gen = _finetuned(base, images, [p.text for p in prompts], args, arm_dir)
         elif arm in ("ft_top_seeds", "ft_top_seeds_rectified"):
             mode = "none" if arm == "ft_top_seeds" else "rectify"
-            meta = curate(base, _cycled(train, args.ft_images), top, arm_dir / "curated",
+            meta = curate(set_gen, _cycled(train, args.ft_images), top, arm_dir / "curated",
                           judge=judge, config=CurateConfig(mode=mode, batch_size=32,
                                                            progress=False))
             n_train = len(meta)
