@@ -197,6 +197,8 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
     )
 
     horizon = TrainingHorizon(lr_sum) if lr_sum is not None else read_horizon(store.path)
+    if horizon is None and bundle.info.get("lr_sum"):  # a task that knows its training run
+        horizon = TrainingHorizon(bundle.info["lr_sum"])
     if lr_sum is not None and process_group()[0] == 0:
         write_horizon(store.path, horizon)
     if (horizon is None or damping is not None or tuned or cfg.kind not in ("ekfac", "kfac")

@@ -23,6 +23,7 @@ from tamis.attribution.config import (  # noqa: E402
 )
 from tamis.attribution.curvature import fit_curvature  # noqa: E402
 from tamis.attribution.examples import TaskBundle, fashion_cnn  # noqa: E402
+from tamis.attribution.horizon import TrainingHorizon  # noqa: E402
 from tamis.attribution.methods import Attributor  # noqa: E402
 from tamis.attribution.scoring import ScoreResult, compute_scores  # noqa: E402
 from tamis.report import Section  # noqa: E402
@@ -108,9 +109,11 @@ def compare_stores(
                          "curvature_bytes": curv.memory_bytes, "build_s": t_build,
                          "energy": energy,
                          "energy_conv": min(v for k, v in energy.items() if k.startswith("conv"))})
-    # the library's default: Attributor(task, model, path) with nothing else (EK-FAC preset)
+    # the library's default: Attributor(task, model, path) (EK-FAC preset), given the
+    # training run's horizon (sum of the lr) as StoreCallback would record it
     t0 = time.perf_counter()
-    default = Attributor(bundle.task, bundle.model, work / "store-default", build=build).fit(
+    default = Attributor(bundle.task, bundle.model, work / "store-default", build=build,
+                         horizon=TrainingHorizon(bundle.info["lr_sum"])).fit(
         bundle.train, overwrite=True)
     t_build = time.perf_counter() - t0
     results[DEFAULT_ROW] = default.score(bundle.queries, score_cfg)
@@ -120,6 +123,7 @@ def compare_stores(
                  "bytes_per_example": default.store.bytes_per_example,
                  "numbers_per_example": default.store.manifest["row_length"],
                  "curvature_bytes": default.curvature.memory_bytes, "build_s": t_build,
+                 "damping": default.damping_rule["damping"],
                  "energy": energy,
                  "energy_conv": min(v for k, v in energy.items() if k.startswith("conv"))})
     ref = results["LoGRA (dense)"].scores
@@ -146,6 +150,7 @@ def demo_section(out_dir: Path, data_dir: Path | None = None, n_train: int = 500
         f"test accuracy {bundle.info['test_accuracy']:.3f}"
     )
     rows, results = compare_stores(bundle, work)
+    default_damping = next(r["damping"] for r in rows if r["method"] == DEFAULT_ROW)
     header = ["method", "numbers/example", "bytes/example (disk)", "smaller than dense",
               "curvature KiB", "min conv energy kept", "Spearman vs LoGRA", "top-10 overlap",
               "build s"]
@@ -170,7 +175,9 @@ factors of each projected per-example gradient (exact rank 1 for the linear laye
 convolutions' gradients sum over positions and are truncated at c); its curvature is the top-64
 eigenspace of the damped empirical Fisher (Woodbury). Dense LoGRA stores every d1 x d2 gradient
 and inverts the full damped Fisher per layer. The last row is the library's default,
-<code>Attributor(task, model, path)</code> with nothing else: EK-FAC curvature in the unprojected
+<code>Attributor(task, model, path, horizon=TrainingHorizon(S))</code> (the training run's sum of
+learning rates, S = {bundle.info["lr_sum"]:.3g}, which <code>StoreCallback</code> records by
+itself; damping {default_damping:.3g} x mean eigenvalue): EK-FAC curvature in the unprojected
 space of every layer side of at most 1,024, up to 32 int8 factor pairs per layer but never more
 bytes than a dense float16 64 x 64 gradient (chosen by LDS on three settings, see
 <code>docs/attribution.md</code>); the pictures show its most helpful and harmful training

@@ -95,12 +95,15 @@ class SmallCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
+TRAIN_LR, TRAIN_BATCH = 2e-3, 64  # train_classifier's defaults
+
+
 def train_classifier(
     model: nn.Module,
     data: TensorDataset,
     epochs: int = 3,
-    batch_size: int = 64,
-    lr: float = 2e-3,
+    batch_size: int = TRAIN_BATCH,
+    lr: float = TRAIN_LR,
     seed: int = 0,
     progress: bool = True,
 ) -> nn.Module:
@@ -178,6 +181,8 @@ def fashion_cnn(
             torch.save({"model": model.state_dict()}, tmp)
     info["test_accuracy"] = accuracy(model, queries)
     info["checkpoint"] = str(ckpt)
+    # the training horizon (constant-lr Adam, batch 64): sum of the lr over the steps
+    info["lr_sum"] = TRAIN_LR * epochs * -(-len(train) // TRAIN_BATCH)
 
     def retrain(mask: np.ndarray, retrain_seed: int) -> np.ndarray:
         """The same recipe on a subset; per-query cross-entropy."""
