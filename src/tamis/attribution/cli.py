@@ -452,7 +452,8 @@ def tune(
     cache_dir: Path = typer.Option(Path(".tamis-cache"), help="Where the task caches its model."),
     data_dir: Path | None = typer.Option(None, help="Data folder passed to the task."),
     subsets: int = typer.Option(20, help="Retrained models (random halves); >= 3."),
-    dampings: str = typer.Option("0.01,0.1,0.3,1,3,10,100", help="Relative dampings to try."),
+    dampings: str = typer.Option("0.001,0.01,0.1,0.3,1,3,10,100,1000",
+                                 help="Relative dampings to try."),
     ranks: str = typer.Option("32,128,512", help="Curvature ranks r to try."),
     fishers: str = typer.Option("empirical,true", help="Fisher kinds to try."),
     kinds: str = typer.Option(

@@ -43,7 +43,8 @@ class TuneConfig:
     """The search space and the retraining budget of :func:`tune`.
 
     Attributes:
-        dampings: relative dampings (x the mean eigenvalue trace(F)/D) to try.
+        dampings: relative dampings (x the mean eigenvalue trace(F)/D) to try; the default
+            spans 1e-3 .. 1e3, the range of best dampings measured over ten settings.
         ranks: curvature ranks r to try (clipped to each layer's D; an r >= D is exact).
         fishers: Fisher kinds to try (``"empirical"``, ``"true"``).
         kinds: curvature kinds to try (``"lowrank"``, ``"ekfac"``, ``"kfac"``); ``ranks``
@@ -58,7 +59,7 @@ class TuneConfig:
 
     """
 
-    dampings: tuple[float, ...] = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+    dampings: tuple[float, ...] = (0.001, 0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, 1000.0)
     ranks: tuple[int, ...] = (32, 128, 512)
     fishers: tuple[str, ...] = ("empirical", "true")
     kinds: tuple[str, ...] = ("lowrank", "ekfac")
