@@ -148,3 +148,49 @@ def test_store_callback_records_the_lr_the_trainer_applied(tmp_path):
     assert h is not None and h.steps == len(rec.lrs) == 6  # 2 epochs x 3 steps
     assert h.lr_sum == pytest.approx(sum(rec.lrs)) and h.lr_sum > 0
     assert h.optimizer is not None and "Adam" in h.optimizer
+
+
+def test_horizon_from_trainer_state_interpolates_the_logged_rates(tmp_path):
+    import json
+
+    from tamis.attribution import horizon_from_trainer_state
+
+    assert horizon_from_trainer_state(tmp_path) is None  # no file
+    state = {"global_step": 20, "log_history": [
+        {"step": 10, "learning_rate": 1e-3, "loss": 1.0}, {"step": 20, "learning_rate": 5e-4},
+        {"step": 20, "train_loss": 0.9}]}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    h = horizon_from_trainer_state(tmp_path)
+    # step t uses the rate logged at t - 1: 11 steps at 1e-3, then 9 steps falling linearly
+    want = 11 * 1e-3 + sum(1e-3 - 5e-5 * k for k in range(1, 10))
+    assert h.steps == 20 and h.lr_sum == pytest.approx(want)
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 5,
+                                                             "log_history": [{"loss": 1}]}))
+    assert horizon_from_trainer_state(tmp_path) is None  # no learning rate logged
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 5, "log_hi')
+    with pytest.raises(ValueError, match="trainer_state.json"):
+        horizon_from_trainer_state(tmp_path)
+
+
+def test_horizon_from_a_real_trainer_state_is_close_to_the_applied_rates(tmp_path):
+    """logging_steps=1: every step but the first is exact; the first holds the next rate."""
+    transformers = pytest.importorskip("transformers")
+    from tamis.attribution import horizon_from_trainer_state
+
+    from .test_trainer_callback import _dicts, _gpt2, _lm_data, _trainer
+
+    class Recorder(transformers.TrainerCallback):
+        lrs: list = []
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kw):
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    rec = Recorder()
+    trainer = _trainer(_gpt2(), _dicts(_lm_data(6)), tmp_path, learning_rate=0.01,
+                       lr_scheduler_type="constant", logging_strategy="steps",
+                       logging_steps=1, callbacks=[rec])
+    trainer.train()
+    trainer.save_state()
+    h = horizon_from_trainer_state(tmp_path / "out")
+    assert h is not None and h.steps == len(rec.lrs) == 6
+    assert h.lr_sum == pytest.approx(sum(rec.lrs))  # constant schedule: exact

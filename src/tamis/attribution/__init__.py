@@ -33,7 +33,11 @@ from tamis.attribution.errors import (
     UnsupportedModuleError,
 )
 from tamis.attribution.fisher import FisherSource, sampled_cross_entropy
-from tamis.attribution.horizon import TrainingHorizon, horizon_damping
+from tamis.attribution.horizon import (
+    TrainingHorizon,
+    horizon_damping,
+    horizon_from_trainer_state,
+)
 from tamis.attribution.methods import METHODS, Attributor
 from tamis.attribution.presets import DEFAULT_METHOD, PRESETS, Preset, preset
 from tamis.attribution.scoring import ScoreResult, compute_scores, score_gradients, self_influence
@@ -66,6 +70,7 @@ __all__ = [
     "Attributor",
     "TrainingHorizon",
     "horizon_damping",
+    "horizon_from_trainer_state",
     "BuildConfig",
     "Curvature",
     "CurvatureConfig",

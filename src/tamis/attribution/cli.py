@@ -180,7 +180,8 @@ DAMPING_HELP = ("Damping lambda (relative: x mean eigenvalue). Default: 1, or fo
                 "with a training horizon (--lr-sum, or the training_horizon.json StoreCallback "
                 "leaves in the store) the horizon rule 1 / (S * rho).")
 LR_SUM_HELP = ("Sum of the training learning rate over the optimizer steps (the training "
-               "horizon S); written into the store as training_horizon.json.")
+               "horizon S); written into the store as training_horizon.json. Without it: "
+               "the store's file, else a --model folder's trainer_state.json.")
 
 
 def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: float | None,
@@ -191,6 +192,7 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
     from tamis.attribution.horizon import (
         TrainingHorizon,
         horizon_damping,
+        horizon_from_trainer_state,
         mean_loss_terms,
         read_horizon,
         write_horizon,
@@ -199,6 +201,8 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
     horizon = TrainingHorizon(lr_sum) if lr_sum is not None else read_horizon(store.path)
     if horizon is None and bundle.info.get("lr_sum"):  # a task that knows its training run
         horizon = TrainingHorizon(bundle.info["lr_sum"])
+    if horizon is None and bundle.info.get("model_path"):  # a Trainer's output folder
+        horizon = horizon_from_trainer_state(bundle.info["model_path"])
     if lr_sum is not None and process_group()[0] == 0:
         write_horizon(store.path, horizon)
     if (horizon is None or damping is not None or tuned or cfg.kind not in ("ekfac", "kfac")
