@@ -194,3 +194,26 @@ def test_horizon_from_a_real_trainer_state_is_close_to_the_applied_rates(tmp_pat
     h = horizon_from_trainer_state(tmp_path / "out")
     assert h is not None and h.steps == len(rec.lrs) == 6
     assert h.lr_sum == pytest.approx(sum(rec.lrs))  # constant schedule: exact
+
+
+def test_sgd_horizon_is_an_absolute_damping_with_momentum(tmp_path):
+    """SGD: damping 1 / (S / (1 - beta) * rho), absolute; Adam-like: relative."""
+    from tamis.attribution import horizon_damping_mode
+
+    sgd = TrainingHorizon(lr_sum=10.0, optimizer="SGD", momentum=0.9)
+    assert horizon_damping_mode(sgd) == "absolute"
+    assert horizon_damping(sgd) == pytest.approx(1 / 100)
+    assert horizon_damping_mode(TrainingHorizon(10.0, optimizer="AdamW")) == "relative"
+    assert horizon_damping(TrainingHorizon(10.0, optimizer="AdamW", momentum=0.9)) == 0.1
+    with pytest.raises(ValueError, match="momentum"):
+        TrainingHorizon(1.0, momentum=1.0)
+    data, queries, model = _data(), _data(5, seed=1), mlp()
+    att = Attributor(ClassificationTask(), model, tmp_path / "s", dtype="float32", build=BUILD,
+                     horizon=TrainingHorizon(lr_sum=4.0, optimizer="SGD")).fit(data)
+    assert att.damping_rule["damping_mode"] == "absolute"
+    for b in att.curvature.blocks:
+        assert b.damping == pytest.approx(0.25)
+    ref = Attributor(ClassificationTask(), model, tmp_path / "r", dtype="float32", build=BUILD,
+                     curvature=CurvatureConfig(kind="ekfac", damping=0.25,
+                                               damping_mode="absolute")).fit(data)
+    torch.testing.assert_close(att.score(queries).scores, ref.score(queries).scores)

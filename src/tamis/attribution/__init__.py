@@ -36,6 +36,7 @@ from tamis.attribution.fisher import FisherSource, sampled_cross_entropy
 from tamis.attribution.horizon import (
     TrainingHorizon,
     horizon_damping,
+    horizon_damping_mode,
     horizon_from_trainer_state,
 )
 from tamis.attribution.methods import METHODS, Attributor
@@ -70,6 +71,7 @@ __all__ = [
     "Attributor",
     "TrainingHorizon",
     "horizon_damping",
+    "horizon_damping_mode",
     "horizon_from_trainer_state",
     "BuildConfig",
     "Curvature",

@@ -192,6 +192,7 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
     from tamis.attribution.horizon import (
         TrainingHorizon,
         horizon_damping,
+        horizon_damping_mode,
         horizon_from_trainer_state,
         mean_loss_terms,
         read_horizon,
@@ -209,7 +210,8 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
             or cfg.damping_mode != "relative"):
         return cfg
     terms = mean_loss_terms(bundle.task, bundle.train)
-    return replace(cfg, damping=horizon_damping(horizon, terms))
+    return replace(cfg, damping=horizon_damping(horizon, terms),
+                   damping_mode=horizon_damping_mode(horizon))
 
 
 def _curvature_for(store: FactorStore, cfg: CurvatureConfig, bundle=None) -> Curvature:

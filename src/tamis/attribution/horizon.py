@@ -7,7 +7,10 @@ limit is gradient dot), a long one barely. Measured over nine settings
 
     damping = 1 / (S * rho)          (x the layer's mean eigenvalue)
 
-lands within 0.02 LDS of the best of a sweep in every one. rho is the number of loss terms
+lands within 0.02 LDS of the best of a sweep in every one trained with AdamW. For plain SGD
+the same value is an *absolute* damping (gradient descent's own horizon; within 0.024 of the
+best in the two SGD settings measured, where the relative form is 0.16 below). rho is the
+number of loss terms
 an example's training loss is made of (its labelled tokens for a language model, 1 for a
 classifier): the Hessian of a token-averaged loss is about rho times the per-example
 gradient Fisher the curvature is fitted from. All settings were trained with AdamW.
@@ -42,13 +45,18 @@ class TrainingHorizon:
         lr_sum: S, the sum of the learning rate over the optimizer steps (the schedule
             included: warm-up and decay count as they were applied).
         steps: Optimizer steps (recorded, not used).
-        optimizer: Optimizer class name (recorded; the rule was measured with AdamW).
+        optimizer: Optimizer class name. ``"SGD"`` (any name starting with it) selects the
+            gradient-descent form of the rule (absolute damping); anything else, or
+            ``None``, the Adam form (relative damping), measured with AdamW.
+        momentum: SGD's heavy-ball momentum beta; the horizon is then S / (1 - beta)
+            (standard theory, not measured here).
 
     """
 
     lr_sum: float
     steps: int | None = None
     optimizer: str | None = None
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.lr_sum, bool) or not isinstance(self.lr_sum, (int, float)):
@@ -58,6 +66,13 @@ class TrainingHorizon:
                              f"must be finite and > 0, got {self.lr_sum}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+
+    @property
+    def gradient_descent(self) -> bool:
+        """True for SGD (the absolute form of the rule), False for Adam-like optimizers."""
+        return bool(self.optimizer) and self.optimizer.upper().startswith("SGD")
 
     @classmethod
     def from_lrs(cls, lrs: Iterable[float], optimizer: str | None = None) -> TrainingHorizon:
@@ -69,10 +84,24 @@ class TrainingHorizon:
 
 
 def horizon_damping(horizon: TrainingHorizon, loss_terms: float = 1.0) -> float:
-    """Relative damping (x mean eigenvalue) ``1 / (S * rho)``, rho = ``loss_terms``."""
+    """The damping ``1 / (S * rho)``, rho = ``loss_terms``, in :func:`horizon_damping_mode`.
+
+    For SGD, S is the effective horizon ``lr_sum / (1 - momentum)``.
+    """
     if not math.isfinite(loss_terms) or loss_terms <= 0:
         raise ValueError(f"loss_terms must be finite and > 0, got {loss_terms}")
-    return 1.0 / (horizon.lr_sum * loss_terms)
+    total = horizon.lr_sum / (1.0 - horizon.momentum) if horizon.gradient_descent else \
+        horizon.lr_sum
+    return 1.0 / (total * loss_terms)
+
+
+def horizon_damping_mode(horizon: TrainingHorizon) -> str:
+    """How :func:`horizon_damping` applies: ``"absolute"`` for SGD, else ``"relative"``.
+
+    SGD: unrolled gradient descent responds as 1 / (h + 1/S). Adam-like: x each layer's
+    mean eigenvalue, the form measured with AdamW.
+    """
+    return "absolute" if horizon.gradient_descent else "relative"
 
 
 def write_horizon(folder: str | Path, horizon: TrainingHorizon) -> Path:

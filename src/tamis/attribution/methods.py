@@ -44,6 +44,7 @@ from tamis.attribution.curvature import Curvature, fit_curvature
 from tamis.attribution.horizon import (
     TrainingHorizon,
     horizon_damping,
+    horizon_damping_mode,
     mean_loss_terms,
     read_horizon,
     write_horizon,
@@ -175,10 +176,12 @@ class Attributor:
                 or cfg.damping_mode != "relative"):
             return cfg
         terms = mean_loss_terms(self.task, dataset, collate_fn, self.build_config.batch_size)
-        damping = horizon_damping(horizon, terms)
+        damping, mode = horizon_damping(horizon, terms), horizon_damping_mode(horizon)
         self.damping_rule = {"rule": "horizon", "lr_sum": horizon.lr_sum,
                              "loss_terms": terms, "damping": damping}
-        self.curvature_config = replace(cfg, damping=damping)
+        if mode != "relative":
+            self.damping_rule["damping_mode"] = mode
+        self.curvature_config = replace(cfg, damping=damping, damping_mode=mode)
         return self.curvature_config
 
     def _fitted(self) -> tuple[FactorStore, Curvature]:

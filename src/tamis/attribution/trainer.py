@@ -317,6 +317,7 @@ class StoreCallback(TrainerCallback):
         self._convention: str | None = None
         self._lr_sum, self._lr_steps, self._lr_next = 0.0, 0, 0.0
         self._optimizer_name: str | None = None
+        self._momentum = 0.0
 
     # -- setup ------------------------------------------------------------------------------
     def attach(self, trainer: Any) -> StoreCallback:
@@ -583,6 +584,8 @@ class StoreCallback(TrainerCallback):
         self._lr_next = self._current_lr(optimizer)
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
         self._optimizer_name = type(inner).__name__ if optimizer is not None else None
+        groups = getattr(inner, "param_groups", None) or [{}]
+        self._momentum = float(groups[0].get("momentum", 0.0) or 0.0)
 
     def _track_lr_step(self, optimizer: Any) -> None:
         # on_step_end comes after optimizer.step() and scheduler.step(): the lr read now is
@@ -598,8 +601,10 @@ class StoreCallback(TrainerCallback):
             return
         from tamis.attribution.horizon import TrainingHorizon, write_horizon
 
+        momentum = self._momentum if (self._optimizer_name or "").upper().startswith("SGD") \
+            else 0.0
         write_horizon(folder, TrainingHorizon(self._lr_sum, self._lr_steps,
-                                              self._optimizer_name))
+                                              self._optimizer_name, momentum))
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: nn.Module = None,
                      **kwargs: Any) -> None:
