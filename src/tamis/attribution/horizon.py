@@ -2,18 +2,17 @@
 
 Unrolled training responds to a curvature direction h as about 1 / (h + 1/S), S the sum of
 the learning rate over the optimizer steps (Bae et al. 2022): a short run damps hard (its
-limit is gradient dot), a long one barely. Measured over nine settings
+limit is gradient dot), a long one barely. Measured over ten settings trained with AdamW
 (``benchmarks/results/attribution_damping_horizon.md``), the relative damping
 
     damping = 1 / (S * rho)          (x the layer's mean eigenvalue)
 
-lands within 0.02 LDS of the best of a sweep in every one trained with AdamW. For plain SGD
-the same value is an *absolute* damping (gradient descent's own horizon; within 0.024 of the
-best in the two SGD settings measured, where the relative form is 0.16 below). rho is the
-number of loss terms
+lands within 0.02 LDS of the best of a sweep in every one. rho is the number of loss terms
 an example's training loss is made of (its labelled tokens for a language model, 1 for a
 classifier): the Hessian of a token-averaged loss is about rho times the per-example
-gradient Fisher the curvature is fitted from. All settings were trained with AdamW.
+gradient Fisher the curvature is fitted from. For plain SGD the same value is an *absolute*
+damping, gradient descent's own horizon: 0.001 and 0.024 below the best in the two SGD
+settings measured, where the relative form is 0.17 and 0.16 below.
 
 The horizon comes from the training run: :class:`~tamis.attribution.trainer.StoreCallback`
 records it from the Trainer's optimizer, or the user passes it
