@@ -41,19 +41,21 @@ FINE = tuple(float(10 ** (e / 2)) for e in range(-6, 7))  # 1e-3 .. 1e3, half de
 
 
 def fmnist_variant(n: int, epochs: int, hidden: int, wd: float, lr: float,
-                   optimizer: str = "adamw") -> dict:
+                   optimizer: str = "adamw", momentum: float = 0.0) -> dict:
     """Setting (a) with other hyper-parameters, its own cache and ground truth."""
     from fmnist_mlp import setting_data
     from models import train_mlp
 
     name = f"fmnist_n{n}_e{epochs}_h{hidden}_wd{wd:g}_lr{lr:g}" + (
-        "" if optimizer == "adamw" else f"_{optimizer}")
+        "" if optimizer == "adamw" else f"_{optimizer}") + (f"_m{momentum:g}" if momentum else "")
     cache = CACHE / "damping_probe" / name
     cache.mkdir(parents=True, exist_ok=True)
     sd = setting_data(n, 100, hidden=hidden, epochs=epochs)
     hp = {**sd["hp"], "weight_decay": wd, "lr": lr}
     if optimizer != "adamw":
         hp["optimizer"] = optimizer
+    if momentum:
+        hp["momentum"] = momentum
     x, y, xq, yq = sd["x"], sd["y"], sd["xq"], sd["yq"]
     save_data(cache, x, y, xq, yq)
     model = train_mlp(x, y, seed=12345, **hp)
@@ -165,11 +167,13 @@ def summarize() -> None:
         steps, total = lr_sum(setting)
         best = max(sweep, key=sweep.get)
         sgd = setting.get("optimizer") == "sgd"  # the rule is then an absolute damping
+        eff = total / (1.0 - setting.get("momentum", 0.0)) if sgd else total
         return {"name": name, "n": setting["n"], "epochs": setting["epochs"],
                 "lr": setting["lr"], "steps": steps, "lr_sum": total, "best_damping": best,
                 "best_lds": sweep[best], "lds_1x": sweep[1.0],
-                "lds_horizon": _at(sweep, 1 / total), "rho": rho, "rule": 1 / (total * rho),
-                "rule_mode": "absolute" if sgd else "relative",
+                "lds_horizon": _at(sweep, 1 / total), "rho": rho, "rule": 1 / (eff * rho),
+                "rule_mode": "absolute" if sgd else "relative", "momentum":
+                setting.get("momentum", 0.0),
                 "lds_rule": (adam["gd_absolute"]["lds"] if sgd else
                              _at(sweep, 1 / (total * rho))), "sweep": sweep, "adam": adam}
 
@@ -215,13 +219,15 @@ def summarize() -> None:
     md = ("# Best damping against the training horizon\n\n"
           "Commands: `.venv/bin/python benchmarks/attribution/damping_probe.py --setting S` "
           "for (a) fmnist_mlp, (b) text_lm, (c) minilm_cls; variants of (a) with "
-          "`--epochs E [--n N] [--hidden H] [--lr LR] [--optimizer sgd]` (own retrained ground "
-          "truth, 50 subsets x 3 seeds), of (b) with `--lm-epochs E` (50 subsets); this "
+          "`--epochs E [--n N] [--hidden H] [--lr LR] [--optimizer sgd [--momentum B]]` (own "
+          "retrained ground truth, 50 subsets x 3 seeds), of (b) with `--lm-epochs E` "
+          "(50 subsets); this "
           "table `damping_probe.py --summarize`. Default store and EK-FAC "
           "curvature of each setting (the ekfac preset), damping relative to the mean "
           "eigenvalue swept over half decades 1e-3 .. 1e3. S is the sum of the learning rate "
           "over the optimizer steps (AdamW, or plain SGD where the name ends in _sgd), by each "
-          "setting's own schedule. For SGD the rule is an absolute damping. "
+          "setting's own schedule. For SGD the rule is an absolute damping with S / "
+          "(1 - momentum). "
           "rho: loss terms per example (64 next characters in (b), 1 for the classifiers); "
           "1/(S rho) is the rule `Attributor(..., horizon=TrainingHorizon(S))` applies. LDS at "
           "a rule = the sweep point nearest to its value (half-decade grid).\n\n"
@@ -241,6 +247,7 @@ def main() -> None:
     p.add_argument("--lm-epochs", type=int, default=None, help="variant of (b)")
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"),
                    help="optimizer of a variant of (a)")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (variant of (a))")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--wd", type=float, default=1e-3)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -255,7 +262,8 @@ def main() -> None:
     if args.lm_epochs is not None:
         st = text_lm_variant(args.n if args.n != 5000 else 2000, args.lm_epochs)
     elif args.epochs is not None:
-        st = fmnist_variant(args.n, args.epochs, args.hidden, args.wd, args.lr, args.optimizer)
+        st = fmnist_variant(args.n, args.epochs, args.hidden, args.wd, args.lr, args.optimizer,
+                            args.momentum)
     else:
         a = argparse.Namespace(n_train=None, seeds=None, n_queries=100, subsets=50,
                                truth_reverse=False)
@@ -285,11 +293,12 @@ def main() -> None:
     from tamis.attribution.horizon import mean_loss_terms as _terms
 
     rho = _terms(st["task"], st["train"], batch_size=st["batch_size"])
-    gd = replace(curv, blocks=[replace(b, damping=1.0 / (total * rho)) for b in curv.blocks])
+    total_eff = total / (1.0 - st["setting"].get("momentum", 0.0))  # heavy-ball horizon
+    gd = replace(curv, blocks=[replace(b, damping=1.0 / (total_eff * rho)) for b in curv.blocks])
     s_gd = compute_scores(st["task"], st["model"], st["queries"], store, gd, sc,
                           torch.float32).scores
     horizon["gd_absolute"] = {"lds": _lds(s_gd, st["masks"], st["truth"])["lds"],
-                              "relative": {b.layers[0]: 1.0 / (total * rho) / (b.trace / b.dim)
+                              "relative": {b.layers[0]: 1.0 / (total_eff * rho) / (b.trace / b.dim)
                                            for b in curv.blocks}}
     np.savez(out_dir / f"{st['name']}.npz",
              **{f"{k}/{f}": v[f] for k, v in stats.items() for f in ("lam", "m2", "neff")})

@@ -21,14 +21,15 @@ class MLP(nn.Module):
 
 def train_mlp(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = 30,
               batch_size: int = 500, lr: float = 3e-3, weight_decay: float = 1e-3,
-              hidden: int = 32, optimizer: str = "adamw") -> MLP:
+              hidden: int = 32, optimizer: str = "adamw", momentum: float = 0.0) -> MLP:
     """AdamW (or plain SGD, ``optimizer="sgd"``), fixed epochs, seeded init and order: the
     retraining function of setting (a)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = MLP(hidden)
     if optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay,
+                              momentum=momentum)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = x.shape[0]
