@@ -56,11 +56,7 @@ from tamis.attribution import (  # noqa: E402
 from tamis.attribution.build import build_store  # noqa: E402
 from tamis.attribution.evaluation import lds  # noqa: E402
 from tamis.attribution.fisher import source_for  # noqa: E402
-from tamis.attribution.horizon import (  # noqa: E402
-    TrainingHorizon,
-    horizon_damping,
-    mean_loss_terms,
-)
+from tamis.attribution.horizon import TrainingHorizon, with_horizon_damping  # noqa: E402
 from tamis.attribution.presets import PRESETS  # noqa: E402
 from tamis.attribution.scoring import compute_scores  # noqa: E402
 from tamis.attribution.tuning import TuneConfig, _with_damping, tune  # noqa: E402
@@ -201,9 +197,8 @@ def run_tamis(st: dict, spec: dict, work: Path, threads: int) -> tuple[dict, obj
     t_build = time.perf_counter() - t0
     cfg = replace(spec["curv"], fisher_batch_size=bs)
     if spec.get("horizon"):  # what Attributor(..., horizon=TrainingHorizon(S)) does
-        terms = mean_loss_terms(task, train, batch_size=bs)
-        cfg = replace(cfg, damping=horizon_damping(TrainingHorizon(lr_sum(st["setting"])[1]),
-                                                   terms))
+        cfg = with_horizon_damping(cfg, TrainingHorizon(lr_sum(st["setting"])[1]), task, train,
+                                   batch_size=bs)[0]
     t0 = time.perf_counter()
     curv = fit_curvature(store, cfg, torch.float32, False,
                          source_for(cfg, task, model, train, store))

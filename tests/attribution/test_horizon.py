@@ -125,6 +125,19 @@ def test_horizon_leaves_explicit_curvature_and_lorif_alone(tmp_path):
     assert lorif.damping_rule["rule"] == "preset"
 
 
+def _lr_recorder(transformers):
+    """A Trainer callback keeping the lr of every optimizer step (its own list)."""
+
+    class Recorder(transformers.TrainerCallback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kw):
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    return Recorder()
+
+
 def test_store_callback_records_the_lr_the_trainer_applied(tmp_path):
     """Sum of the lr of every optimizer step (linear warm-up and decay) = the horizon."""
     transformers = pytest.importorskip("transformers")
@@ -133,13 +146,7 @@ def test_store_callback_records_the_lr_the_trainer_applied(tmp_path):
     from .test_trainer_callback import BUILD as CB_BUILD
     from .test_trainer_callback import FACTORS, _dicts, _gpt2, _lm_data, _trainer
 
-    class Recorder(transformers.TrainerCallback):
-        lrs: list = []
-
-        def on_step_begin(self, args, state, control, optimizer=None, **kw):
-            self.lrs.append(optimizer.param_groups[0]["lr"])
-
-    rec = Recorder()
+    rec = _lr_recorder(transformers)
     trainer = _trainer(_gpt2(), _dicts(_lm_data(6)), tmp_path, learning_rate=0.01,
                        warmup_steps=2, lr_scheduler_type="linear", callbacks=[rec])
     StoreCallback(tmp_path / "cb", factors=FACTORS, build=CB_BUILD).attach(trainer)
@@ -179,13 +186,7 @@ def test_horizon_from_a_real_trainer_state_is_close_to_the_applied_rates(tmp_pat
 
     from .test_trainer_callback import _dicts, _gpt2, _lm_data, _trainer
 
-    class Recorder(transformers.TrainerCallback):
-        lrs: list = []
-
-        def on_step_begin(self, args, state, control, optimizer=None, **kw):
-            self.lrs.append(optimizer.param_groups[0]["lr"])
-
-    rec = Recorder()
+    rec = _lr_recorder(transformers)
     trainer = _trainer(_gpt2(), _dicts(_lm_data(6)), tmp_path, learning_rate=0.01,
                        lr_scheduler_type="constant", logging_strategy="steps",
                        logging_steps=1, callbacks=[rec])

@@ -187,15 +187,11 @@ LR_SUM_HELP = ("Sum of the training learning rate over the optimizer steps (the 
 def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: float | None,
                   lr_sum: float | None, tuned: bool) -> CurvatureConfig:
     """``cfg`` with the training-horizon damping where it applies (ekfac/kfac, no --damping)."""
-    from dataclasses import replace
-
     from tamis.attribution.horizon import (
         TrainingHorizon,
-        horizon_damping,
-        horizon_damping_mode,
         horizon_from_trainer_state,
-        mean_loss_terms,
         read_horizon,
+        with_horizon_damping,
         write_horizon,
     )
 
@@ -206,12 +202,9 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
         horizon = horizon_from_trainer_state(bundle.info["model_path"])
     if lr_sum is not None and process_group()[0] == 0:
         write_horizon(store.path, horizon)
-    if (horizon is None or damping is not None or tuned or cfg.kind not in ("ekfac", "kfac")
-            or cfg.damping_mode != "relative"):
+    if damping is not None or tuned:
         return cfg
-    terms = mean_loss_terms(bundle.task, bundle.train)
-    return replace(cfg, damping=horizon_damping(horizon, terms),
-                   damping_mode=horizon_damping_mode(horizon))
+    return with_horizon_damping(cfg, horizon, bundle.task, bundle.train)[0]
 
 
 def _curvature_for(store: FactorStore, cfg: CurvatureConfig, bundle=None) -> Curvature:

@@ -104,6 +104,27 @@ def horizon_damping_mode(horizon: TrainingHorizon) -> str:
     return "absolute" if horizon.gradient_descent else "relative"
 
 
+def with_horizon_damping(cfg: Any, horizon: TrainingHorizon | None, task: Any, dataset: Any,
+                         collate_fn: Callable[[Sequence[Any]], Any] | None = None,
+                         batch_size: int = 256) -> tuple[Any, dict | None]:
+    """``cfg`` (a ``CurvatureConfig``) with the horizon damping, and the rule's record.
+
+    The rule applies to ``ekfac``/``kfac`` curvatures with relative damping; otherwise, or
+    without a horizon, ``cfg`` comes back unchanged with ``None``.
+    """
+    from dataclasses import replace
+
+    if horizon is None or cfg.kind not in ("ekfac", "kfac") or cfg.damping_mode != "relative":
+        return cfg, None
+    terms = mean_loss_terms(task, dataset, collate_fn, batch_size)
+    damping, mode = horizon_damping(horizon, terms), horizon_damping_mode(horizon)
+    rule = {"rule": "horizon", "lr_sum": horizon.lr_sum, "loss_terms": terms,
+            "damping": damping}
+    if mode != "relative":
+        rule["damping_mode"] = mode
+    return replace(cfg, damping=damping, damping_mode=mode), rule
+
+
 def write_horizon(folder: str | Path, horizon: TrainingHorizon) -> Path:
     """Write ``training_horizon.json`` into ``folder`` atomically; return its path."""
     from tamis.attribution.store import write_json_atomic

@@ -43,10 +43,8 @@ from tamis.attribution.config import (
 from tamis.attribution.curvature import Curvature, fit_curvature
 from tamis.attribution.horizon import (
     TrainingHorizon,
-    horizon_damping,
-    horizon_damping_mode,
-    mean_loss_terms,
     read_horizon,
+    with_horizon_damping,
     write_horizon,
 )
 from tamis.attribution.presets import DEFAULT_METHOD, factors_with_dtype, preset
@@ -171,17 +169,13 @@ class Attributor:
         cfg = self.curvature_config
         if self.horizon is not None:
             write_horizon(self.path, self.horizon)
-        horizon = self.horizon or read_horizon(self.path)
-        if (horizon is None or self._damping_given or cfg.kind not in ("ekfac", "kfac")
-                or cfg.damping_mode != "relative"):
+        if self._damping_given:
             return cfg
-        terms = mean_loss_terms(self.task, dataset, collate_fn, self.build_config.batch_size)
-        damping, mode = horizon_damping(horizon, terms), horizon_damping_mode(horizon)
-        self.damping_rule = {"rule": "horizon", "lr_sum": horizon.lr_sum,
-                             "loss_terms": terms, "damping": damping}
-        if mode != "relative":
-            self.damping_rule["damping_mode"] = mode
-        self.curvature_config = replace(cfg, damping=damping, damping_mode=mode)
+        self.curvature_config, rule = with_horizon_damping(
+            cfg, self.horizon or read_horizon(self.path), self.task, dataset, collate_fn,
+            self.build_config.batch_size)
+        if rule is not None:
+            self.damping_rule = rule
         return self.curvature_config
 
     def _fitted(self) -> tuple[FactorStore, Curvature]:
