@@ -7,7 +7,8 @@ One run per setting, on the data, model, masks and retrained ground truth of the
 own benchmark script (the ground-truth cache is shared through ``fisher_damping.SETTINGS``):
 
 * ``tamis defaults``: ``Attributor(task, model, path)`` with nothing else (the ``ekfac``
-  preset of :mod:`tamis.attribution.presets`);
+  preset of :mod:`tamis.attribution.presets`; with no horizon its damping is 1 / rho, the
+  horizon rule at S = 1);
 * ``tamis defaults + training horizon``: the same, given the training run's sum of learning
   rates S (``Attributor(..., horizon=TrainingHorizon(S))``; StoreCallback records it): the
   damping is the horizon rule 1 / (S rho) of :mod:`tamis.attribution.horizon`;
@@ -78,7 +79,7 @@ def configurations(sequence: bool) -> list[dict]:
     rows = [
         {"label": DEFAULT_LABEL, "proj": ek.projection, "c": ek.factors.rank,
          "max_numbers": ek.factors.max_numbers, "dtype": ek.factors.dtype,
-         "curv": ek.curvature},
+         "curv": ek.curvature, "zero_arg": True},
         {"label": HORIZON_LABEL, "proj": ek.projection, "c": ek.factors.rank,
          "max_numbers": ek.factors.max_numbers, "dtype": ek.factors.dtype,
          "curv": ek.curvature, "horizon": True},
@@ -196,9 +197,9 @@ def run_tamis(st: dict, spec: dict, work: Path, threads: int) -> tuple[dict, obj
         BuildConfig(batch_size=bs, progress=False), overwrite=True)
     t_build = time.perf_counter() - t0
     cfg = replace(spec["curv"], fisher_batch_size=bs)
-    if spec.get("horizon"):  # what Attributor(..., horizon=TrainingHorizon(S)) does
-        cfg = with_horizon_damping(cfg, TrainingHorizon(lr_sum(st["setting"])[1]), task, train,
-                                   batch_size=bs)[0]
+    if spec.get("horizon") or spec.get("zero_arg"):  # what Attributor does with / without S
+        horizon = TrainingHorizon(lr_sum(st["setting"])[1]) if spec.get("horizon") else None
+        cfg = with_horizon_damping(cfg, horizon, task, train, batch_size=bs)[0]
     t0 = time.perf_counter()
     curv = fit_curvature(store, cfg, torch.float32, False,
                          source_for(cfg, task, model, train, store))

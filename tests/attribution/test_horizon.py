@@ -113,6 +113,30 @@ def test_attributor_uses_the_horizon_rule_and_records_it(tmp_path):
     assert plain.damping_rule == {"rule": "preset", "damping": 1.0}
 
 
+class _FourTermTask(ClassificationTask):
+    """A classifier that says each example's loss averages 4 terms (rho = 4)."""
+
+    def loss_terms(self, batch):
+        return torch.full((len(batch[0]),), 4.0)
+
+
+def test_no_horizon_divides_the_preset_damping_by_the_loss_terms(tmp_path):
+    """No horizon, rho = 4: the rule at S = 1, i.e. ekfac at relative damping 1 / 4."""
+    data, queries, model, task = _data(), _data(5, seed=1), mlp(), _FourTermTask()
+    att = Attributor(task, model, tmp_path / "r", dtype="float32", build=BUILD).fit(data)
+    assert att.damping_rule == {"rule": "loss_terms", "loss_terms": 4.0, "damping": 0.25}
+    ref = Attributor(task, model, tmp_path / "ref", dtype="float32", build=BUILD,
+                     curvature=CurvatureConfig(kind="ekfac", damping=0.25)).fit(data)
+    torch.testing.assert_close(att.score(queries).scores, ref.score(queries).scores)
+    att.fit(data)  # a second fit starts from the preset again: 1 / 4, not 1 / 16
+    assert att.curvature_config.damping == pytest.approx(0.25)
+    # a horizon, when there is one, takes precedence: 1 / (S rho) = 1 / (0.5 * 4)
+    timed = Attributor(task, model, tmp_path / "h", dtype="float32", build=BUILD,
+                       horizon=TrainingHorizon(lr_sum=0.5)).fit(data)
+    assert timed.damping_rule["rule"] == "horizon"
+    assert timed.damping_rule["damping"] == pytest.approx(0.5)
+
+
 def test_horizon_leaves_explicit_curvature_and_lorif_alone(tmp_path):
     data, model, task = _data(), mlp(), ClassificationTask()
     h = TrainingHorizon(lr_sum=0.25)

@@ -18,7 +18,8 @@ SGD settings measured (one with momentum 0.9), where the relative form is 0.17, 
 The horizon comes from the training run: :class:`~tamis.attribution.trainer.StoreCallback`
 records it from the Trainer's optimizer, or the user passes it
 (``Attributor(..., horizon=TrainingHorizon(lr_sum=...))``, ``tamis attribute fit --lr-sum``).
-It is stored next to the store as ``training_horizon.json``.
+It is stored next to the store as ``training_horizon.json``. Without one, the damping is the
+rule at S = 1: the preset's 1x for a classifier, 1 / rho for a language model.
 """
 
 from __future__ import annotations
@@ -109,14 +110,23 @@ def with_horizon_damping(cfg: Any, horizon: TrainingHorizon | None, task: Any, d
                          batch_size: int = 256) -> tuple[Any, dict | None]:
     """``cfg`` (a ``CurvatureConfig``) with the horizon damping, and the rule's record.
 
-    The rule applies to ``ekfac``/``kfac`` curvatures with relative damping; otherwise, or
-    without a horizon, ``cfg`` comes back unchanged with ``None``.
+    The rule applies to ``ekfac``/``kfac`` curvatures with relative damping; otherwise
+    ``cfg`` comes back unchanged with ``None``. Without a horizon the preset's damping is
+    divided by rho (the rule at S = 1; ``{"rule": "loss_terms"}``), which leaves a
+    classifier's (rho = 1) unchanged and puts a language model's within 0.01 of its sweep's
+    best in the three measured settings, where 1x was up to 0.031 below.
     """
     from dataclasses import replace
 
-    if horizon is None or cfg.kind not in ("ekfac", "kfac") or cfg.damping_mode != "relative":
+    if cfg.kind not in ("ekfac", "kfac") or cfg.damping_mode != "relative":
         return cfg, None
     terms = mean_loss_terms(task, dataset, collate_fn, batch_size)
+    if horizon is None:
+        if terms == 1.0:
+            return cfg, None
+        damping = cfg.damping / terms
+        return replace(cfg, damping=damping), {"rule": "loss_terms", "loss_terms": terms,
+                                                "damping": damping}
     damping, mode = horizon_damping(horizon, terms), horizon_damping_mode(horizon)
     rule = {"rule": "horizon", "lr_sum": horizon.lr_sum, "loss_terms": terms,
             "damping": damping}

@@ -89,11 +89,14 @@ class Attributor:
             horizon rule ``1 / (S * rho)`` (:mod:`tamis.attribution.horizon`) instead of the
             preset's 1 x mean eigenvalue. Default: the ``training_horizon.json`` that
             :class:`~tamis.attribution.trainer.StoreCallback` leaves in ``path``, if any.
-            Passed here, it is written there.
+            Passed here, it is written there. With no horizon at all, a task whose loss
+            averages rho > 1 terms (``task.loss_terms``: a causal LM's labelled tokens) gets
+            the preset's damping / rho, the rule at S = 1.
 
     Attributes:
         damping_rule: How the damping was chosen: ``"preset"``, ``"horizon"`` (with
-            ``lr_sum``, ``loss_terms`` and the relative ``damping``) or ``"given"``.
+            ``lr_sum``, ``loss_terms`` and the relative ``damping``), ``"loss_terms"`` (no
+            horizon, rho > 1: ``loss_terms`` and ``damping``) or ``"given"``.
 
     """
 
@@ -126,6 +129,7 @@ class Attributor:
         base = curvature or replace(p.curvature, rank=rank_r)
         self.curvature_config = replace(base, kind=p.curvature.kind)
         self._damping_given = curvature is not None
+        self._preset_curvature = self.curvature_config  # the rules start here on every fit
         self.horizon = horizon
         self.damping_rule: dict = {"rule": "given" if self._damping_given else "preset",
                                    "damping": self.curvature_config.damping}
@@ -166,7 +170,7 @@ class Attributor:
     def _horizon_config(self, dataset: Any,
                         collate_fn: Callable[[Sequence[Any]], Any] | None) -> CurvatureConfig:
         """The curvature config, with the horizon damping where it applies."""
-        cfg = self.curvature_config
+        cfg = self._preset_curvature
         if self.horizon is not None:
             write_horizon(self.path, self.horizon)
         if self._damping_given:
