@@ -80,5 +80,10 @@ def test_bootstrap_point_and_gain():
     g = bootstrap_relative_gain(base, arm, n_boot=200)
     assert g["gain"] == pytest.approx((6 / 8 - 3 / 8) / (3 / 8))
     assert g["lo"] <= g["gain"] <= g["hi"]
+    assert g["difference"] == pytest.approx(6 / 8 - 3 / 8)
+    assert g["diff_lo"] <= g["difference"] <= g["diff_hi"]
+    zero = _obs("c", 0, [False, False]) + _obs("c", 1, [False, False])
+    z = bootstrap_relative_gain(zero, arm[:2] + arm[4:6], n_boot=200)
+    assert z["difference"] == pytest.approx(1.0) and not np.isfinite(z["gain"])
     with pytest.raises(ValueError, match="share no judged prompt"):
         bootstrap_relative_gain(base, _obs("c", 0, [True], "q"))

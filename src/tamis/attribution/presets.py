@@ -6,7 +6,9 @@ on settings (a) MLP, (b) byte-level transformer, (c) MiniLM; tables in
 curvature in the unprojected space of every layer side of at most 1,024 (larger sides are
 projected to 64), up to 32 rank-c factor pairs per example and layer stored as int8 blocks,
 never more bytes than the dense float16 64 x 64 LoGRA gradient (at most 7,616 numbers a
-layer), empirical Fisher, damping 1 x the mean eigenvalue. ``"lorif"`` is the paper's
+layer), empirical Fisher, damping 1 x the mean eigenvalue (which the Attributor divides by
+the training horizon and the loss terms per example: :mod:`tamis.attribution.horizon`).
+``"lorif"`` is the paper's
 configuration (64 x 64 projection, c = 1, r = 256 Woodbury) one argument away.
 """
 

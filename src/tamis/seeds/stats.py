@@ -230,7 +230,9 @@ def bootstrap_relative_gain(
 ) -> dict:
     """Relative gain (acc_arm - acc_base) / acc_base with a paired bootstrap CI over prompts.
 
-    Only prompts judged in both arms are used; the same resampled prompts enter both.
+    Only prompts judged in both arms are used; the same resampled prompts enter both. The
+    absolute difference acc_arm - acc_base comes with its CI from the same resamples
+    (``difference``, ``diff_lo``, ``diff_hi``; finite when the base accuracy is 0).
 
     Raises:
         ValueError: no prompt in common.
@@ -243,9 +245,11 @@ def bootstrap_relative_gain(
     b = np.array([tb[p] for p in common], dtype=float)
     a = np.array([ta[p] for p in common], dtype=float)
 
+    def accs(bb: np.ndarray, aa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return bb[..., 0].sum(-1) / bb[..., 1].sum(-1), aa[..., 0].sum(-1) / aa[..., 1].sum(-1)
+
     def gain(bb: np.ndarray, aa: np.ndarray) -> np.ndarray:
-        acc_b = bb[..., 0].sum(-1) / bb[..., 1].sum(-1)
-        acc_a = aa[..., 0].sum(-1) / aa[..., 1].sum(-1)
+        acc_b, acc_a = accs(bb, aa)
         with np.errstate(divide="ignore", invalid="ignore"):
             return (acc_a - acc_b) / acc_b
 
@@ -254,9 +258,14 @@ def bootstrap_relative_gain(
     idx = rng.integers(0, len(common), size=(n_boot, len(common)))
     boot = gain(b[idx], a[idx])
     boot = boot[np.isfinite(boot)]
+    acc_b, acc_a = accs(b[idx], a[idx])
+    diff = acc_a - acc_b
     alpha = (1 - level) / 2
     lo = float(np.quantile(boot, alpha)) if boot.size else float("nan")
     hi = float(np.quantile(boot, 1 - alpha)) if boot.size else float("nan")
     return {"gain": point, "lo": lo, "hi": hi, "n_prompts": len(common),
+            "difference": float(np.subtract(*accs(b, a)[::-1])),
+            "diff_lo": float(np.quantile(diff, alpha)),
+            "diff_hi": float(np.quantile(diff, 1 - alpha)),
             "acc_base": float(b[:, 0].sum() / b[:, 1].sum()),
             "acc_arm": float(a[:, 0].sum() / a[:, 1].sum())}
