@@ -258,14 +258,14 @@ def bootstrap_relative_gain(
     idx = rng.integers(0, len(common), size=(n_boot, len(common)))
     boot = gain(b[idx], a[idx])
     boot = boot[np.isfinite(boot)]
-    acc_b, acc_a = accs(b[idx], a[idx])
-    diff = acc_a - acc_b
+    boot_b, boot_a = accs(b[idx], a[idx])
+    diff = boot_a - boot_b
+    acc_b, acc_a = (float(x) for x in accs(b, a))
     alpha = (1 - level) / 2
     lo = float(np.quantile(boot, alpha)) if boot.size else float("nan")
     hi = float(np.quantile(boot, 1 - alpha)) if boot.size else float("nan")
     return {"gain": point, "lo": lo, "hi": hi, "n_prompts": len(common),
-            "difference": float(np.subtract(*accs(b, a)[::-1])),
+            "difference": acc_a - acc_b,
             "diff_lo": float(np.quantile(diff, alpha)),
             "diff_hi": float(np.quantile(diff, 1 - alpha)),
-            "acc_base": float(b[:, 0].sum() / b[:, 1].sum()),
-            "acc_arm": float(a[:, 0].sum() / a[:, 1].sum())}
+            "acc_base": acc_b, "acc_arm": acc_a}
