@@ -137,6 +137,21 @@ def test_no_horizon_divides_the_preset_damping_by_the_loss_terms(tmp_path):
     assert timed.damping_rule["damping"] == pytest.approx(0.5)
 
 
+def test_a_missing_horizon_is_said_and_a_present_one_is_not(tmp_path):
+    """The zero-argument fallback warns, naming what to pass; a horizon silences it."""
+    import warnings
+
+    data, model, task = _data(), mlp(), ClassificationTask()
+    with pytest.warns(UserWarning, match=r"no training horizon.*TrainingHorizon\(lr_sum="):
+        Attributor(task, model, tmp_path / "a", dtype="float32", build=BUILD).fit(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Attributor(task, model, tmp_path / "b", dtype="float32", build=BUILD,
+                   horizon=TrainingHorizon(lr_sum=0.5)).fit(data)
+        Attributor(task, model, tmp_path / "c", dtype="float32", build=BUILD,
+                   curvature=CurvatureConfig(kind="ekfac", damping=0.1)).fit(data)
+
+
 def test_horizon_leaves_explicit_curvature_and_lorif_alone(tmp_path):
     data, model, task = _data(), mlp(), ClassificationTask()
     h = TrainingHorizon(lr_sum=0.25)

@@ -218,10 +218,14 @@ def test_cli_lr_sum_sets_the_horizon_damping_and_query_reuses_it(tmp_path):
     store = str(tmp_path / "s")
     assert runner.invoke(app, ["attribute", "build", "--task", TASK_FILE, "--store", store,
                                "--dtype", "float32"]).exit_code == 0
+    res = runner.invoke(app, ["attribute", "fit", "--task", TASK_FILE, "--store", store])
+    assert res.exit_code == 0, res.output
+    assert "no training horizon" in res.output and "--lr-sum" in res.output
     res = runner.invoke(app, ["attribute", "fit", "--task", TASK_FILE, "--store", store,
                               "--lr-sum", "0.25"])
     assert res.exit_code == 0, res.output
     assert "damping 4 x mean eigenvalue" in res.output
+    assert "no training horizon" not in res.output
     assert (tmp_path / "s" / "training_horizon.json").exists()
     outs = {}
     for name, extra in (("horizon", []), ("given", ["--damping", "4"]),

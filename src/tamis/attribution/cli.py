@@ -204,6 +204,10 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
         write_horizon(store.path, horizon)
     if damping is not None or tuned:
         return cfg
+    if horizon is None and cfg.kind in ("ekfac", "kfac") and cfg.damping_mode == "relative":
+        console.print("[yellow]no training horizon: the preset's damping applies (measured up "
+                      "to 0.11 LDS below the horizon rule); pass --lr-sum (the sum of the "
+                      "learning rate over the optimizer steps) or --model <Trainer folder>.")
     return with_horizon_damping(cfg, horizon, bundle.task, bundle.train)[0]
 
 
