@@ -9,9 +9,13 @@
 evaluation prompt. This script loads saved models, generates every evaluation prompt of the
 world (the same subsample rule as ``arms.py``) with seeds 10000.. (a superset of the arms'),
 checks them with the exact checker and reports each model's accuracy, and its paired difference
-from the base and from the control (the same prompts and seeds; bootstrap over prompts). One
-result file per model is cached under ``--out``, so several processes can share the models
-(``--no-report``) and a last call writes the table. Results:
+from the base and from the control (the same prompts and seeds), with a CI from resampling
+prompts and one from resampling prompts and seeds (``stats.bootstrap_difference_two_way``). A
+model may be an arms.py arm folder (``<run>/<arm>``): if its ``result.json`` judged the same
+prompts x seeds it is read as is (``arms.py --eval-seeds 40`` runs need no re-evaluation),
+otherwise its ``model/`` is evaluated. One result file per model is cached under ``--out``,
+so several processes can share the models (``--no-report``) and a last call writes the table.
+Results:
 ``benchmarks/results/seeds_reeval_<tag>.{json,md}``.
 """
 
@@ -64,9 +68,20 @@ def _models(specs: list[str]) -> dict[str, Path]:
     return out
 
 
+def _same_evaluation(result: Path, prompts: list, seeds: list[int]) -> bool:
+    """True if ``result`` (an arms.py ``result.json``) judged exactly these prompts x seeds."""
+    if not result.exists():
+        return False
+    obs = json.loads(result.read_text()).get("_obs", [])
+    cells = {(o[2], o[1]) for o in obs}
+    return cells == {(p.text, s) for p in prompts for s in seeds}
+
+
 def _paired(ref: list, arm: list) -> dict:
     obs = lambda rows: [stats.Observation(*o) for o in rows]  # noqa: E731
-    return stats.bootstrap_relative_gain(obs(ref), obs(arm))
+    out = stats.bootstrap_relative_gain(obs(ref), obs(arm))
+    out["two_way"] = stats.bootstrap_difference_two_way(obs(ref), obs(arm))
+    return out
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -79,6 +94,11 @@ def run(args: argparse.Namespace) -> dict | None:
     results = {}
     for name, folder in models.items():
         done = args.out / name / "result.json"
+        if not done.exists() and _same_evaluation(folder / "result.json", prompts, seeds):
+            done = folder / "result.json"  # an arms.py arm folder already evaluated alike
+            folder = folder / "model" if (folder / "model").exists() else folder
+        elif (folder / "model" / "world_model.json").exists():
+            folder = folder / "model"
         if not done.exists():
             print(f"evaluating {name} ({folder})", flush=True)
             gen = ShapesWorldGenerator.load(folder, steps=args.steps, guidance=args.guidance)
@@ -86,6 +106,7 @@ def run(args: argparse.Namespace) -> dict | None:
             res["model"] = str(folder)
             write_text_atomic(done, json.dumps(res))
         results[name] = json.loads(done.read_text())
+        results[name].setdefault("model", str(folder))
     if args.no_report:
         return None
     table: dict = {"config": {k: str(v) for k, v in vars(args).items()}, "models": {},
@@ -105,8 +126,10 @@ def run(args: argparse.Namespace) -> dict | None:
 def _diff(cell: dict | None) -> str:
     if not cell:
         return "-"
-    return (f"{cell['difference']:+.3f} [{cell['diff_lo']:+.3f}, {cell['diff_hi']:+.3f}] "
-            f"({cell['gain']:+.1%})")
+    two = cell.get("two_way")
+    both = f", prompts and seeds [{two['lo']:+.3f}, {two['hi']:+.3f}]" if two else ""
+    return (f"{cell['difference']:+.3f} (prompts [{cell['diff_lo']:+.3f}, "
+            f"{cell['diff_hi']:+.3f}]{both}; {cell['gain']:+.1%})")
 
 
 def markdown(table: dict) -> str:
@@ -116,8 +139,10 @@ def markdown(table: dict) -> str:
         f"# Shapes world: arms re-evaluated with {cfg['eval_seeds']} seeds per prompt",
         "",
         f"Command: `{table['command']}`. Exact checker; differences are paired over the same "
-        f"prompts and seeds (bootstrap over prompts), relative gain in brackets; control = "
-        f"`{cfg['control']}`.",
+        f"prompts and seeds with two 95% CIs: bootstrap over prompts (the evaluation seeds "
+        f"fixed), then over prompts and seeds (two-way, for new seeds); relative gain in "
+        f"parentheses; control = `{cfg['control']}`. A model given as an arms.py arm folder "
+        f"that was evaluated on the same prompts and seeds is read, not re-evaluated.",
         "",
         "| model | accuracy [95% CI] | vs base | vs control | shape validity |",
         "|---|---|---|---|---|",

@@ -6,11 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tamis.seeds.stats import (
     Observation,
     accuracy_spread,
     bootstrap_accuracy,
+    bootstrap_difference_two_way,
     bootstrap_relative_gain,
     centroid_variance_explained,
     chi_square,
@@ -19,6 +22,7 @@ from tamis.seeds.stats import (
     placement_heatmaps,
     seed_reliability,
     top_seeds,
+    two_way_replicates,
 )
 
 
@@ -87,3 +91,47 @@ def test_bootstrap_point_and_gain():
     assert z["difference"] == pytest.approx(1.0) and not np.isfinite(z["gain"])
     with pytest.raises(ValueError, match="share no judged prompt"):
         bootstrap_relative_gain(base, _obs("c", 0, [True], "q"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**16))
+def test_two_way_replicates_equal_the_expanded_resample(n_p, n_s, n_b, seed):
+    """Product weights == accuracy over the explicitly expanded (prompt, seed) resample."""
+    rng = np.random.default_rng(seed)
+    judged = rng.integers(1, 4, size=(n_p, n_s))
+    cells = [np.stack([rng.integers(0, judged + 1), judged], -1).astype(float) for _ in "ba"]
+    w_p = rng.multinomial(n_p, np.full(n_p, 1 / n_p), size=n_b).astype(float)
+    w_s = rng.multinomial(n_s, np.full(n_s, 1 / n_s), size=n_b).astype(float)
+    got = two_way_replicates(cells[0], cells[1], w_p, w_s)
+    for r in range(n_b):
+        ps = [p for p in range(n_p) for _ in range(int(w_p[r, p]))]
+        ss = [s for s in range(n_s) for _ in range(int(w_s[r, s]))]
+        for x, g in zip(cells, got):
+            num = sum(x[p, s, 0] for p in ps for s in ss)
+            den = sum(x[p, s, 1] for p in ps for s in ss)
+            assert g[r] == pytest.approx(num / den)
+
+
+def _seeded(acc_by_seed, prompts=12):
+    """Outcome decided by the seed alone: seed s is right on the first acc * prompts prompts."""
+    return [Observation("count=2", s, f"p{i}", i < round(a * prompts))
+            for s, a in enumerate(acc_by_seed) for i in range(prompts)]
+
+
+def test_two_way_difference_point_failures_and_width():
+    base = _seeded([0.25, 0.5, 0.25, 0.5, 0.25, 0.5])
+    arm = _seeded([0.75, 0.25, 0.75, 0.25, 0.75, 0.5])
+    arm.append(Observation("count=2", 0, "p0", None))  # a failure changes nothing
+    two = bootstrap_difference_two_way(base, arm, n_boot=2000)
+    assert two["acc_base"] == pytest.approx(2.25 / 6) and two["acc_arm"] == pytest.approx(3.25 / 6)
+    assert two["difference"] == pytest.approx(1 / 6)
+    assert two["gain"] == pytest.approx(1 / 2.25)
+    assert (two["n_prompts"], two["n_seeds"]) == (12, 6)
+    assert two["lo"] < two["difference"] < two["hi"]
+    # the seed decides the outcome here, so ignoring seed resampling understates the spread
+    prompts_only = bootstrap_relative_gain(base, arm, n_boot=2000)
+    assert two["hi"] - two["lo"] > prompts_only["diff_hi"] - prompts_only["diff_lo"]
+    assert prompts_only["diff_lo"] > 0  # conditional on these six seeds the arm is ahead,
+    assert two["lo"] < 0 < two["hi"]  # but with 3 of 6 seeds better and 2 worse, not for new ones
+    with pytest.raises(ValueError, match="no judged"):
+        bootstrap_difference_two_way(base, _obs("count=2", 99, [True], "q"))
