@@ -146,6 +146,7 @@ def test_mine_curate_finetune_evaluate(tiny_sd_dir, vlm_url, tmp_path):
     assert r.exit_code == 0, r.output
     gain = json.loads((ev2 / "evaluation.json").read_text())["relative_gain"]["spatial"]
     assert gain["gain"] == 0.0 and gain["n_prompts"] == 16  # the judge always says yes
+    assert gain["two_way"]["difference"] == 0.0 and gain["two_way"]["n_prompts"] == 16
     report = json.loads((ev / "evaluation.json").read_text())
     assert report["kinds"]["spatial"]["accuracy"] == 1.0 and report["kinds"]["spatial"]["n"] == 16
 

@@ -35,7 +35,12 @@ def accuracy_report(rows: Sequence[Mapping], n_boot: int = 1000, seed: int = 0) 
 def relative_gains(
     base_rows: Sequence[Mapping], arm_rows: Sequence[Mapping], n_boot: int = 1000, seed: int = 0
 ) -> dict:
-    """Per kind, the relative gain of an arm over the base (paired bootstrap over prompts)."""
+    """Per kind, the relative gain of an arm over the base (paired bootstrap over prompts).
+
+    Each kind also carries ``"two_way"``: the paired difference with a CI resampling prompts
+    and seeds (:func:`tamis.seeds.stats.bootstrap_difference_two_way`), for claims about new
+    seeds.
+    """
     base, arm = stats.observations(base_rows), stats.observations(arm_rows)
     out = {}
     for kind, prefix in KINDS.items():
@@ -44,6 +49,7 @@ def relative_gains(
         if b and a:
             try:
                 out[kind] = stats.bootstrap_relative_gain(b, a, n_boot, seed)
+                out[kind]["two_way"] = stats.bootstrap_difference_two_way(b, a, n_boot, seed)
             except ValueError:
                 continue
     return out
