@@ -46,7 +46,9 @@ ARMS = ("base", "base_top_seeds", "ft_random", "ft_random_filtered", "ft_top_see
         "ft_top_seeds_rectified")
 #: diagnostic arm, not in the paper: fine-tuning on correct renders of the training prompts
 #: (a perfect judge and a perfect generator), the ceiling of what any curated set can give.
-EXTRA_ARMS = ("ft_oracle",)
+#: diagnostic arm: top-seed images kept only if the mining judge accepts them (layouts of the
+#: top seeds and the filtered control's correctness together).
+EXTRA_ARMS = ("ft_oracle", "ft_top_seeds_filtered")
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -271,8 +273,9 @@ def run(args: argparse.Namespace) -> dict:
                 images, prompts = images[:0], []
             n_train = len(prompts) + args.replay
             gen = _finetuned(base, images, [p.text for p in prompts], args, arm_dir)
-        elif arm in ("ft_top_seeds", "ft_top_seeds_rectified"):
-            mode = "none" if arm == "ft_top_seeds" else "rectify"
+        elif arm in ("ft_top_seeds", "ft_top_seeds_rectified", "ft_top_seeds_filtered"):
+            mode = {"ft_top_seeds": "none", "ft_top_seeds_rectified": "rectify",
+                    "ft_top_seeds_filtered": "filter"}[arm]
             meta = curate(set_gen, _cycled(train, args.ft_images), top, arm_dir / "curated",
                           judge=judge, config=CurateConfig(mode=mode, batch_size=32,
                                                            progress=False))
