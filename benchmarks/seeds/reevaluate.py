@@ -81,6 +81,7 @@ def _paired(ref: list, arm: list) -> dict:
     obs = lambda rows: [stats.Observation(*o) for o in rows]  # noqa: E731
     out = stats.bootstrap_relative_gain(obs(ref), obs(arm))
     out["two_way"] = stats.bootstrap_difference_two_way(obs(ref), obs(arm))
+    out["per_seed"] = stats.per_seed_change(obs(ref), obs(arm))
     return out
 
 
@@ -132,6 +133,14 @@ def _diff(cell: dict | None) -> str:
             f"{cell['diff_hi']:+.3f}]{both}; {cell['gain']:+.1%})")
 
 
+def _per_seed(cell: dict | None) -> str:
+    if not cell or "per_seed" not in cell:
+        return "-"
+    p = cell["per_seed"]
+    return (f"{p['better']} up / {p['worse']} down of {p['n_seeds']}, r {p['corr_with_base']:+.2f}"
+            f", sd {p['sd_base']:.3f} -> {p['sd_arm']:.3f}")
+
+
 def markdown(table: dict) -> str:
     """The paired table as markdown."""
     cfg = table["config"]
@@ -144,14 +153,20 @@ def markdown(table: dict) -> str:
         f"parentheses; control = `{cfg['control']}`. A model given as an arms.py arm folder "
         f"that was evaluated on the same prompts and seeds is read, not re-evaluated.",
         "",
-        "| model | accuracy [95% CI] | vs base | vs control | shape validity |",
-        "|---|---|---|---|---|",
+        "Per seed (vs base): evaluation seeds whose accuracy the model raises / lowers, the "
+        "correlation of that change with the base's accuracy at the seed, and the spread (sd) "
+        "of per-seed accuracies, base -> model. A strongly negative correlation with a smaller "
+        "spread means the model undoes the seed's effect rather than adding good layouts.",
+        "",
+        "| model | accuracy [95% CI] | vs base | vs control | per seed vs base | "
+        "shape validity |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in table["models"].items():
         a = r["accuracy"]
         lines.append(f"| {name} | {a['accuracy']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] (n "
                      f"{a['n']}) | {_diff(r.get('vs_base'))} | {_diff(r.get('vs_control'))} | "
-                     f"{r['validity']:.3f} |")
+                     f"{_per_seed(r.get('vs_base'))} | {r['validity']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from tamis.seeds.stats import (
     centroid_variance_explained,
     chi_square,
     entropy_bits,
+    per_seed_change,
     placement_entropy,
     placement_heatmaps,
     seed_reliability,
@@ -135,3 +136,16 @@ def test_two_way_difference_point_failures_and_width():
     assert two["lo"] < 0 < two["hi"]  # but with 3 of 6 seeds better and 2 worse, not for new ones
     with pytest.raises(ValueError, match="no judged"):
         bootstrap_difference_two_way(base, _obs("count=2", 99, [True], "q"))
+
+
+def test_per_seed_change_by_hand():
+    base = _seeded([0.25, 0.5, 0.75])
+    arm = _seeded([0.5, 0.5, 0.5])  # pulls every seed to the middle: the regression signature
+    ch = per_seed_change(base, arm)
+    assert (ch["n_seeds"], ch["better"], ch["worse"]) == (3, 1, 1)
+    assert ch["corr_with_base"] == pytest.approx(-1.0)
+    assert ch["sd_arm"] == 0.0 and ch["sd_base"] == pytest.approx(np.std([0.25, 0.5, 0.75]))
+    up = per_seed_change(base, _seeded([0.5, 0.75, 1.0]))  # every seed raised alike
+    assert up["better"] == 3 and math.isnan(up["corr_with_base"])
+    with pytest.raises(ValueError, match="no judged"):
+        per_seed_change(base, _obs("count=2", 99, [True], "q"))

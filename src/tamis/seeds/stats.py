@@ -360,3 +360,38 @@ def bootstrap_difference_two_way(
             "gain_lo": q(gain, alpha), "gain_hi": q(gain, 1 - alpha),
             "acc_base": float(pb), "acc_arm": float(pa), "n_prompts": len(prompts),
             "n_seeds": len(seeds), "n_boot": int(ok.sum())}
+
+
+def per_seed_change(base: Sequence[Observation], arm: Sequence[Observation]) -> dict:
+    """How an arm changes each evaluation seed's accuracy, against the base's accuracy there.
+
+    Per seed (over the prompts judged in both arms at that seed): the base's and the arm's
+    accuracy. A method that teaches good layouts raises most seeds; one that only undoes the
+    seed's effect raises the base's bad seeds and lowers its good ones, which shows as a
+    strongly negative correlation between the change and the base's per-seed accuracy and a
+    smaller spread of per-seed accuracies.
+
+    Returns:
+        ``{"n_seeds", "better", "worse", "corr_with_base", "sd_base", "sd_arm"}`` (the
+        correlation is NaN when either side is constant).
+
+    Raises:
+        ValueError: no judged (prompt, seed) cell in common.
+
+    """
+    cb, ca = _cells(base), _cells(arm)
+    common = set(cb) & set(ca)
+    if not common:
+        raise ValueError("the two arms share no judged (prompt, seed) cell")
+    seeds = sorted({s for _, s in common})
+    acc_b, acc_a = np.zeros(len(seeds)), np.zeros(len(seeds))
+    for i, s in enumerate(seeds):
+        keys = [k for k in common if k[1] == s]
+        acc_b[i] = sum(cb[k][0] for k in keys) / sum(cb[k][1] for k in keys)
+        acc_a[i] = sum(ca[k][0] for k in keys) / sum(ca[k][1] for k in keys)
+    change = acc_a - acc_b
+    constant = change.std() == 0 or acc_b.std() == 0
+    corr = float("nan") if constant else float(np.corrcoef(change, acc_b)[0, 1])
+    return {"n_seeds": len(seeds), "better": int((change > 0).sum()),
+            "worse": int((change < 0).sum()), "corr_with_base": corr,
+            "sd_base": float(acc_b.std()), "sd_arm": float(acc_a.std())}
