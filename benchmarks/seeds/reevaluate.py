@@ -155,8 +155,10 @@ def markdown(table: dict) -> str:
         "",
         "Per seed (vs base): evaluation seeds whose accuracy the model raises / lowers, the "
         "correlation of that change with the base's accuracy at the seed, and the spread (sd) "
-        "of per-seed accuracies, base -> model. A strongly negative correlation with a smaller "
-        "spread means the model undoes the seed's effect rather than adding good layouts.",
+        "of per-seed accuracies, base -> model. Noise alone makes the correlation negative "
+        "(regression to the mean): read it against the control's. Clearly more negative, with "
+        "a smaller spread, means the model undoes the seed's effect rather than adding good "
+        "layouts.",
         "",
         "| model | accuracy [95% CI] | vs base | vs control | per seed vs base | "
         "shape validity |",

@@ -369,7 +369,9 @@ def per_seed_change(base: Sequence[Observation], arm: Sequence[Observation]) -> 
     accuracy. A method that teaches good layouts raises most seeds; one that only undoes the
     seed's effect raises the base's bad seeds and lowers its good ones, which shows as a
     strongly negative correlation between the change and the base's per-seed accuracy and a
-    smaller spread of per-seed accuracies.
+    smaller spread of per-seed accuracies. Sampling noise in the base's per-seed accuracy
+    alone makes the correlation negative (regression to the mean), so read it against a
+    control arm's, not against 0.
 
     Returns:
         ``{"n_seeds", "better", "worse", "corr_with_base", "sd_base", "sd_arm"}`` (the
