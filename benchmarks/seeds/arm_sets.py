@@ -64,7 +64,7 @@ def run(out: Path, ft_images: int) -> dict:
         keep = np.flatnonzero(judged)[:ft_images]
         res["ft_random_filtered"] = _score(images[keep], [caps[i] for i in keep], index)
         res["random_pool_judge_acceptance"] = float(judged.mean())
-    for arm in ("ft_top_seeds", "ft_top_seeds_rectified"):
+    for arm in ("ft_top_seeds", "ft_top_seeds_rectified", "ft_top_seeds_filtered"):
         folder = out / arm / "curated"
         if not (folder / "metadata.jsonl").exists():
             continue
@@ -95,7 +95,7 @@ def markdown(res: dict) -> str:
             s = res[arm]
             lines.append(f"| {arm} | {cell(s)} | {cell(s['numerical'])} | "
                          f"{cell(s['spatial'])} |")
-    for arm in ("ft_top_seeds", "ft_top_seeds_rectified"):
+    for arm in ("ft_top_seeds", "ft_top_seeds_rectified", "ft_top_seeds_filtered"):
         if arm in res:
             s = res[arm]["generated_for_prompt"]
             lines.append(f"| {arm} (vs generating prompt) | {cell(s)} | "

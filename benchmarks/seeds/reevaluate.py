@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/seeds/reevaluate.py --eval-seeds 40 \\
         --models base=benchmarks/seeds/checkpoints/world_base4 \\
-                 ft_top_seeds=benchmarks/seeds/runs/arms4_qk_six/ft_top_seeds/model ... \\
+                 ft_top_seeds=benchmarks/seeds/runs/arms4_qk_e40/ft_top_seeds ... \\
         --out benchmarks/seeds/runs/reeval4 --tag base4_qk
 
 ``arms.py`` saves every fine-tuned model under ``<arm>/model``; its CIs come from 8 seeds per
