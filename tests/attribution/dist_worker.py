@@ -136,3 +136,7 @@ def dying_curvature_rank(rank: int, world: int, store_path: str, out_dir: str,
         Path(out_dir, f"rank{rank}.txt").write_text("finished")
     except DistributedError as err:
         Path(out_dir, f"rank{rank}.txt").write_text(str(err))
+        # gloo's teardown of a group whose peer reset its socket can abort (SIGABRT) at
+        # interpreter exit, after the error was raised and recorded; what is under test is
+        # the error and that nothing was saved, so leave without the teardown
+        os._exit(0)
