@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,14 +188,31 @@ def centroid_variance_explained(obs: Sequence[Observation]) -> dict[str, dict]:
     return out
 
 
-def _per_prompt(obs: Sequence[Observation]) -> dict[str, tuple[int, int]]:
-    table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+def _tally(obs: Sequence[Observation], key: Callable[[Observation], Hashable]) -> dict:
+    """(correct, judged) per ``key(observation)``; failures left out."""
+    table: dict = defaultdict(lambda: [0, 0])
     for o in obs:
         if o.correct is None:
             continue
-        table[o.prompt][0] += int(bool(o.correct))
-        table[o.prompt][1] += 1
-    return {p: (c, n) for p, (c, n) in table.items()}
+        table[key(o)][0] += int(bool(o.correct))
+        table[key(o)][1] += 1
+    return {k: (c, n) for k, (c, n) in table.items()}
+
+
+def _per_prompt(obs: Sequence[Observation]) -> dict[str, tuple[int, int]]:
+    return _tally(obs, lambda o: o.prompt)
+
+
+def _common_cells(
+    base: Sequence[Observation], arm: Sequence[Observation]
+) -> tuple[dict, dict, set]:
+    """Per (prompt, seed) tallies of both arms and the cells judged in both."""
+    cb = _tally(base, lambda o: (o.prompt, o.seed))
+    ca = _tally(arm, lambda o: (o.prompt, o.seed))
+    common = set(cb) & set(ca)
+    if not common:
+        raise ValueError("the two arms share no judged (prompt, seed) cell")
+    return cb, ca, common
 
 
 def bootstrap_accuracy(
@@ -271,16 +288,6 @@ def bootstrap_relative_gain(
             "acc_base": acc_b, "acc_arm": acc_a}
 
 
-def _cells(obs: Sequence[Observation]) -> dict[tuple[str, int], tuple[int, int]]:
-    table: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
-    for o in obs:
-        if o.correct is None:
-            continue
-        table[(o.prompt, o.seed)][0] += int(bool(o.correct))
-        table[(o.prompt, o.seed)][1] += 1
-    return {k: (c, n) for k, (c, n) in table.items()}
-
-
 def two_way_replicates(base: np.ndarray, arm: np.ndarray, w_prompts: np.ndarray,
                        w_seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Accuracies of both arms under prompt and seed resampling weights.
@@ -328,10 +335,7 @@ def bootstrap_difference_two_way(
         ValueError: no judged (prompt, seed) cell in common.
 
     """
-    cb, ca = _cells(base), _cells(arm)
-    common = set(cb) & set(ca)
-    if not common:
-        raise ValueError("the two arms share no judged (prompt, seed) cell")
+    cb, ca, common = _common_cells(base, arm)
     prompts = sorted({p for p, _ in common})
     seeds = sorted({s for _, s in common})
     pi, si = {p: i for i, p in enumerate(prompts)}, {s: i for i, s in enumerate(seeds)}
@@ -381,10 +385,7 @@ def per_seed_change(base: Sequence[Observation], arm: Sequence[Observation]) -> 
         ValueError: no judged (prompt, seed) cell in common.
 
     """
-    cb, ca = _cells(base), _cells(arm)
-    common = set(cb) & set(ca)
-    if not common:
-        raise ValueError("the two arms share no judged (prompt, seed) cell")
+    cb, ca, common = _common_cells(base, arm)
     seeds = sorted({s for _, s in common})
     acc_b, acc_a = np.zeros(len(seeds)), np.zeros(len(seeds))
     for i, s in enumerate(seeds):
