@@ -190,6 +190,7 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
     from tamis.attribution.horizon import (
         TrainingHorizon,
         horizon_from_trainer_state,
+        horizon_rule_applies,
         read_horizon,
         with_horizon_damping,
         write_horizon,
@@ -204,7 +205,7 @@ def _with_horizon(store: FactorStore, cfg: CurvatureConfig, bundle, damping: flo
         write_horizon(store.path, horizon)
     if damping is not None or tuned:
         return cfg
-    if horizon is None and cfg.kind in ("ekfac", "kfac") and cfg.damping_mode == "relative":
+    if horizon is None and horizon_rule_applies(cfg):
         console.print("[yellow]no training horizon: the preset's damping applies (measured up "
                       "to 0.11 LDS below the horizon rule); pass --lr-sum (the sum of the "
                       "learning rate over the optimizer steps) or --model <Trainer folder>.")

@@ -105,6 +105,11 @@ def horizon_damping_mode(horizon: TrainingHorizon) -> str:
     return "absolute" if horizon.gradient_descent else "relative"
 
 
+def horizon_rule_applies(cfg: Any) -> bool:
+    """True for the curvatures the horizon rule is measured on: ekfac/kfac, relative damping."""
+    return cfg.kind in ("ekfac", "kfac") and cfg.damping_mode == "relative"
+
+
 def with_horizon_damping(cfg: Any, horizon: TrainingHorizon | None, task: Any, dataset: Any,
                          collate_fn: Callable[[Sequence[Any]], Any] | None = None,
                          batch_size: int = 256) -> tuple[Any, dict | None]:
@@ -118,7 +123,7 @@ def with_horizon_damping(cfg: Any, horizon: TrainingHorizon | None, task: Any, d
     """
     from dataclasses import replace
 
-    if cfg.kind not in ("ekfac", "kfac") or cfg.damping_mode != "relative":
+    if not horizon_rule_applies(cfg):
         return cfg, None
     terms = mean_loss_terms(task, dataset, collate_fn, batch_size)
     if horizon is None:

@@ -44,6 +44,7 @@ from tamis.attribution.config import (
 from tamis.attribution.curvature import Curvature, fit_curvature
 from tamis.attribution.horizon import (
     TrainingHorizon,
+    horizon_rule_applies,
     read_horizon,
     with_horizon_damping,
     write_horizon,
@@ -186,7 +187,7 @@ class Attributor:
         if self._damping_given:
             return cfg
         horizon = self.horizon or read_horizon(self.path)
-        if horizon is None and cfg.kind in ("ekfac", "kfac") and cfg.damping_mode == "relative":
+        if horizon is None and horizon_rule_applies(cfg):
             warnings.warn(NO_HORIZON_WARNING, UserWarning, stacklevel=3)
         self.curvature_config, rule = with_horizon_damping(
             cfg, horizon, self.task, dataset, collate_fn, self.build_config.batch_size)
