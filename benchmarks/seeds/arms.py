@@ -48,7 +48,11 @@ ARMS = ("base", "base_top_seeds", "ft_random", "ft_random_filtered", "ft_top_see
 #: (a perfect judge and a perfect generator), the ceiling of what any curated set can give.
 #: diagnostic arm: top-seed images kept only if the mining judge accepts them (layouts of the
 #: top seeds and the filtered control's correctness together).
-EXTRA_ARMS = ("ft_oracle", "ft_top_seeds_filtered")
+#: diagnostic arms: clean renders at the layouts (detected boxes) of the generated images the
+#: exact checker finds correct, from the top seeds or from random seeds: the layout source is
+#: the only difference, so they ask whether the top seeds' layouts teach more than others.
+EXTRA_ARMS = ("ft_oracle", "ft_top_seeds_filtered", "ft_rerender_top_seeds",
+              "ft_rerender_random")
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -119,6 +123,46 @@ def _subsample(prompts: dict, n: int, kind: str = "both") -> list:
 def _cycled(prompts: list, n: int) -> list:
     """``n`` prompts, cycling through ``prompts`` in order."""
     return (prompts * -(-n // len(prompts)))[:n]
+
+
+def _rerendered(images: np.ndarray, captions: list[str], prompts: list, n: int
+                ) -> tuple[np.ndarray, list[str]]:
+    """Clean renders at the layouts of the count images the exact checker finds correct.
+
+    Each matching blob's bounding box (side clipped to the world's 6..9) becomes a shape of the
+    prompt's colour and kind at the same centre; an image whose boxes then overlap is skipped.
+    At most ``n`` renders, in order.
+    """
+    from tamis.seeds.world.captions import background_of, parse_object
+    from tamis.seeds.world.render import MAX_SIZE, MIN_SIZE, SIZE, Shape, _overlaps, render
+
+    by_text, checker = {p.text: p for p in prompts}, ExactChecker()
+    out, caps = [], []
+    for image, caption in zip(images, captions):
+        p = by_text.get(caption)
+        if p is None or p.question.kind != "count":
+            continue
+        colour, kind = parse_object(p.question.obj)
+        found = [b for b in checker.blobs(image) if b.colour == colour and b.kind == kind]
+        if len(found) != int(p.question.count):
+            continue
+        boxes = []
+        for b in found:
+            side = int(np.clip(max(b.bbox[2] - b.bbox[0], b.bbox[3] - b.bbox[1]), MIN_SIZE,
+                               MAX_SIZE))
+            x = int(np.clip(round(b.centroid[0] - (side - 1) / 2), 0, SIZE - side))
+            y = int(np.clip(round(b.centroid[1] - (side - 1) / 2), 0, SIZE - side))
+            boxes.append((x, y, side))
+        if any(_overlaps(a, c) for i, a in enumerate(boxes) for c in boxes[i + 1:]):
+            continue
+        out.append(render([Shape(colour, kind, x, y, sz) for x, y, sz in boxes],
+                          background_of(p.background)))
+        caps.append(p.text)
+        if len(out) == n:
+            break
+    if not out:
+        raise ValueError("no generated count image that the exact checker finds correct")
+    return np.stack(out), caps
 
 
 def _mining_judge(kind: str):
@@ -265,6 +309,19 @@ def run(args: argparse.Namespace) -> dict:
                 keep = np.flatnonzero(correct)[: args.ft_images]
             n_train = len(keep)
             gen = _finetuned(base, images[keep], [caps[i] for i in keep], args, arm_dir)
+        elif arm == "ft_rerender_random":
+            if pool is None:
+                pool = _random_pool(set_gen, judge, train, 2 * args.ft_images, args.out)
+            images, caps = _rerendered(pool[0], pool[1], train, args.ft_images)
+            n_train = len(caps)
+            gen = _finetuned(base, images, caps, args, arm_dir)
+        elif arm == "ft_rerender_top_seeds":
+            curate(set_gen, _cycled(train, args.ft_images), top, arm_dir / "curated",
+                   config=CurateConfig(mode="none", batch_size=32, progress=False))
+            images, caps = _rerendered(*load_image_folder(arm_dir / "curated"), train,
+                                       args.ft_images)
+            n_train = len(caps)
+            gen = _finetuned(base, images, caps, args, arm_dir)
         elif arm == "ft_oracle":
             rng = np.random.default_rng(30_000)
             prompts = _cycled(train, args.ft_images)
