@@ -44,13 +44,13 @@ from tamis.seeds.world.model import (
 
 ARMS = ("base", "base_top_seeds", "ft_random", "ft_random_filtered", "ft_top_seeds",
         "ft_top_seeds_rectified")
-#: diagnostic arm, not in the paper: fine-tuning on correct renders of the training prompts
-#: (a perfect judge and a perfect generator), the ceiling of what any curated set can give.
-#: diagnostic arm: top-seed images kept only if the mining judge accepts them (layouts of the
-#: top seeds and the filtered control's correctness together).
-#: diagnostic arms: clean renders at the layouts (detected boxes) of the generated images the
-#: exact checker finds correct, from the top seeds or from random seeds: the layout source is
-#: the only difference, so they ask whether the top seeds' layouts teach more than others.
+#: diagnostic arms, not in the paper:
+#: - ``ft_oracle``: correct renders of the training prompts (a perfect judge and generator);
+#: - ``ft_top_seeds_filtered``: top-seed images the mining judge accepts (the top seeds'
+#:   layouts with the filtered control's correctness);
+#: - ``ft_rerender_top_seeds`` / ``ft_rerender_random``: clean renders at the layouts (detected
+#:   boxes) of the generations the exact checker finds correct, from the top seeds or from
+#:   random seeds: only the layout source differs.
 EXTRA_ARMS = ("ft_oracle", "ft_top_seeds_filtered", "ft_rerender_top_seeds",
               "ft_rerender_random")
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -78,10 +78,10 @@ def _same_evaluation(result: Path, prompts: list, seeds: list[int]) -> bool:
 
 
 def _paired(ref: list, arm: list) -> dict:
-    obs = lambda rows: [stats.Observation(*o) for o in rows]  # noqa: E731
-    out = stats.bootstrap_relative_gain(obs(ref), obs(arm))
-    out["two_way"] = stats.bootstrap_difference_two_way(obs(ref), obs(arm))
-    out["per_seed"] = stats.per_seed_change(obs(ref), obs(arm))
+    r, a = ([stats.Observation(*o) for o in rows] for rows in (ref, arm))
+    out = stats.bootstrap_relative_gain(r, a)
+    out["two_way"] = stats.bootstrap_difference_two_way(r, a)
+    out["per_seed"] = stats.per_seed_change(r, a)
     return out
 
 

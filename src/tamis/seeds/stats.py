@@ -203,16 +203,31 @@ def _per_prompt(obs: Sequence[Observation]) -> dict[str, tuple[int, int]]:
     return _tally(obs, lambda o: o.prompt)
 
 
-def _common_cells(
+def _cell_grids(
     base: Sequence[Observation], arm: Sequence[Observation]
-) -> tuple[dict, dict, set]:
-    """Per (prompt, seed) tallies of both arms and the cells judged in both."""
+) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """Prompts, seeds and ``(prompts, seeds, 2)`` (correct, judged) grids of both arms.
+
+    Only cells judged in both arms are filled; the others stay 0 in both grids.
+
+    Raises:
+        ValueError: no judged (prompt, seed) cell in common.
+
+    """
     cb = _tally(base, lambda o: (o.prompt, o.seed))
     ca = _tally(arm, lambda o: (o.prompt, o.seed))
     common = set(cb) & set(ca)
     if not common:
         raise ValueError("the two arms share no judged (prompt, seed) cell")
-    return cb, ca, common
+    prompts = sorted({p for p, _ in common})
+    seeds = sorted({s for _, s in common})
+    pi, si = {p: i for i, p in enumerate(prompts)}, {s: i for i, s in enumerate(seeds)}
+    b = np.zeros((len(prompts), len(seeds), 2))
+    a = np.zeros_like(b)
+    for key in common:
+        b[pi[key[0]], si[key[1]]] = cb[key]
+        a[pi[key[0]], si[key[1]]] = ca[key]
+    return prompts, seeds, b, a
 
 
 def bootstrap_accuracy(
@@ -335,15 +350,7 @@ def bootstrap_difference_two_way(
         ValueError: no judged (prompt, seed) cell in common.
 
     """
-    cb, ca, common = _common_cells(base, arm)
-    prompts = sorted({p for p, _ in common})
-    seeds = sorted({s for _, s in common})
-    pi, si = {p: i for i, p in enumerate(prompts)}, {s: i for i, s in enumerate(seeds)}
-    b = np.zeros((len(prompts), len(seeds), 2))
-    a = np.zeros_like(b)
-    for key in common:
-        b[pi[key[0]], si[key[1]]] = cb[key]
-        a[pi[key[0]], si[key[1]]] = ca[key]
+    prompts, seeds, b, a = _cell_grids(base, arm)
     rng = np.random.default_rng(seed)
     w_p = rng.multinomial(len(prompts), np.full(len(prompts), 1 / len(prompts)), size=n_boot)
     w_s = rng.multinomial(len(seeds), np.full(len(seeds), 1 / len(seeds)), size=n_boot)
@@ -385,13 +392,9 @@ def per_seed_change(base: Sequence[Observation], arm: Sequence[Observation]) -> 
         ValueError: no judged (prompt, seed) cell in common.
 
     """
-    cb, ca, common = _common_cells(base, arm)
-    seeds = sorted({s for _, s in common})
-    acc_b, acc_a = np.zeros(len(seeds)), np.zeros(len(seeds))
-    for i, s in enumerate(seeds):
-        keys = [k for k in common if k[1] == s]
-        acc_b[i] = sum(cb[k][0] for k in keys) / sum(cb[k][1] for k in keys)
-        acc_a[i] = sum(ca[k][0] for k in keys) / sum(ca[k][1] for k in keys)
+    _, seeds, b, a = _cell_grids(base, arm)
+    acc_b = b[..., 0].sum(0) / b[..., 1].sum(0)  # cells judged in one arm only are zeros
+    acc_a = a[..., 0].sum(0) / a[..., 1].sum(0)
     change = acc_a - acc_b
     constant = change.std() == 0 or acc_b.std() == 0
     corr = float("nan") if constant else float(np.corrcoef(change, acc_b)[0, 1])
