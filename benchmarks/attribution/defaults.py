@@ -55,7 +55,7 @@ from tamis.attribution import (  # noqa: E402
     fit_curvature,
 )
 from tamis.attribution.build import build_store  # noqa: E402
-from tamis.attribution.evaluation import lds  # noqa: E402
+from tamis.attribution.evaluation import lds, lds_difference  # noqa: E402
 from tamis.attribution.fisher import source_for  # noqa: E402
 from tamis.attribution.horizon import TrainingHorizon, with_horizon_damping  # noqa: E402
 from tamis.attribution.presets import PRESETS  # noqa: E402
@@ -151,7 +151,33 @@ def configurations(sequence: bool) -> list[dict]:
 def _lds(scores: torch.Tensor, masks, truth) -> dict:
     out = lds(scores.numpy().astype(np.float64), masks, truth, target="loss", n_boot=1000,
               seed=0)
-    return {"lds": out.mean, "ci": [out.ci_low, out.ci_high]}
+    return {"lds": out.mean, "ci": [out.ci_low, out.ci_high],
+            "per_query": out.to_dict(per_query=True)["per_query"]}
+
+
+PAIRED_ANCHOR = "kronfluence_ekfac (defaults)"
+
+
+def paired_lines(rows: list[dict], anchor: str = PAIRED_ANCHOR) -> list[str]:
+    """Markdown rows: each method's LDS minus the anchor's, paired over the same queries.
+
+    Only rows that kept their per-query LDS (those measured since it is recorded) appear;
+    empty when the anchor has none.
+    """
+    ref = next((r for r in rows if r["method"] == anchor and r.get("per_query")), None)
+    if ref is None:
+        return []
+    b = np.array([np.nan if x is None else x for x in ref["per_query"]])
+    out = [f"| method | LDS - {anchor} [95% CI], paired over queries | queries ahead |",
+           "|---|---|---|"]
+    for r in rows:
+        if r is ref or not r.get("per_query") or len(r["per_query"]) != len(b):
+            continue
+        a = np.array([np.nan if x is None else x for x in r["per_query"]])
+        d = lds_difference(a, b, n_boot=1000)
+        out.append(f"| {r['method']} | {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
+                   f"{d['wins']:.0%} of {d['n_queries']} |")
+    return out
 
 
 def _store_bytes(store) -> float:
@@ -301,6 +327,12 @@ def write(rows: list[dict], args, st: dict, wall: float, previous: dict | None =
           f"`tune()` on {args.tune_subsets} separate retrained subsets (seed 1).\n\n"
           + "\n".join(lines) + "\n\n## LDS over the damping sweep (x mean eigenvalue)\n\n"
           + "\n".join(sweep_lines) + "\n")
+    paired = paired_lines(rows)
+    if paired:
+        md += ("\n## Paired against Kronfluence EK-FAC at its defaults\n\n"
+               "The same queries under both methods: the CI of the per-query difference "
+               "(bootstrap over queries) says ahead (above 0), behind, or tied.\n\n"
+               + "\n".join(paired) + "\n")
     write_text_atomic(RESULTS / f"{name}.md", md)
     clean = [{k: v for k, v in r.items() if k != "scores_path"} for r in rows]
     write_text_atomic(RESULTS / f"{name}.json", json.dumps(

@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ft-mode", choices=("qk", "lora", "full"), default="qk",
                    help="trainable parameters (the paper: qk)")
     p.add_argument("--ft-batch", type=int, default=16)
+    p.add_argument("--ft-seed", type=int, default=0,
+                   help="fine-tuning seed (batch order, timesteps, noise): vary it to measure "
+                        "training noise")
     p.add_argument("--snap-train", action="store_true",
                    help="snap fine-tuning images to the palette (removes sampling grain; a "
                         "diagnostic, not the paper's protocol)")
@@ -203,7 +206,7 @@ def _finetuned(base: ShapesWorldGenerator, images, captions, args, out: Path
     unet = copy.deepcopy(base.unet).train()
     cfg = FinetuneConfig(mode=args.ft_mode, blocks=args.ft_blocks, steps=args.ft_steps,
                          lr=args.ft_lr, batch_size=args.ft_batch if not args.smoke else 4,
-                         hflip="off", seed=0, ema=args.ft_ema > 0,
+                         hflip="off", seed=args.ft_seed, ema=args.ft_ema > 0,
                          ema_decay=args.ft_ema if args.ft_ema > 0 else 0.999,
                          checkpoint_every=max(1, args.ft_steps // 4), progress=False)
     enc = base.text_encoder

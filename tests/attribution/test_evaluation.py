@@ -22,6 +22,7 @@ from tamis.attribution.evaluation import (
     ground_truth,
     ground_truth_key,
     lds,
+    lds_difference,
     lds_per_query,
     lds_predictions,
     load_masks,
@@ -85,6 +86,38 @@ def test_lds_constant_query_is_nan_and_dropped():
     rho = lds_per_query(scores, masks, truth)
     assert np.isnan(rho[1])
     assert lds(scores, masks, truth).n_queries == 1
+
+
+def test_lds_difference_by_hand_and_paired():
+    a = np.array([0.5, 0.2, np.nan, 0.9])
+    b = np.array([0.4, 0.3, 0.1, 0.6])
+    out = lds_difference(a, b, n_boot=500)
+    # query 2 is undefined under a, so it is left out: diffs 0.1, -0.1, 0.3
+    assert out["n_queries"] == 3 and out["diff"] == pytest.approx(0.1)
+    assert out["wins"] == pytest.approx(2 / 3) and out["lo"] <= 0.1 <= out["hi"]
+    # paired: a shared per-query difficulty cancels, so a constant lead has a zero-width CI
+    # even though the two separate CIs overlap almost entirely
+    rng = np.random.default_rng(0)
+    base = rng.uniform(-0.5, 0.9, size=200)
+    res = lds_difference(base + 0.01, base)
+    assert res["diff"] == pytest.approx(0.01)
+    assert res["lo"] == pytest.approx(0.01) and res["hi"] == pytest.approx(0.01)
+    lo_a, hi_a = bootstrap_ci(base + 0.01)
+    lo_b, hi_b = bootstrap_ci(base)
+    assert lo_a < hi_b and lo_b < hi_a
+
+
+def test_lds_difference_accepts_results_and_names_bad_input():
+    scores = np.random.default_rng(1).normal(size=(4, 6))
+    masks = make_masks(6, 8, seed=2)
+    truth = np.random.default_rng(3).normal(size=(8, 4))
+    ra, rb = lds(scores, masks, truth), lds(-scores, masks, truth)
+    out = lds_difference(ra, rb)
+    assert out["diff"] == pytest.approx(ra.mean - rb.mean)
+    with pytest.raises(ValueError, match="same queries"):
+        lds_difference(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="no query"):
+        lds_difference(np.array([np.nan]), np.array([0.2]))
 
 
 def test_lds_shape_errors():
