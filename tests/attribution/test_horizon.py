@@ -257,3 +257,39 @@ def test_sgd_horizon_is_an_absolute_damping_with_momentum(tmp_path):
                      curvature=CurvatureConfig(kind="ekfac", damping=0.25,
                                                damping_mode="absolute")).fit(data)
     torch.testing.assert_close(att.score(queries).scores, ref.score(queries).scores)
+
+
+def test_a_model_loaded_from_a_trainer_folder_brings_its_horizon(tmp_path):
+    """Zero arguments on ``from_pretrained(<Trainer folder>)``: the horizon rule, no warning."""
+    import warnings
+
+    transformers = pytest.importorskip("transformers")
+    from tamis.attribution import horizon_from_trainer_state, horizon_of_model
+    from tamis.attribution.hf import SequenceClassificationTask
+
+    from .test_trainer_callback import _bert_cls, _dicts, _lm_data, _trainer
+
+    data = _lm_data(6, seed=3)
+    cls = TensorDataset(data.tensors[0].clamp_min(1), torch.ones_like(data.tensors[1]),
+                        torch.tensor([0, 1, 2, 0, 1, 2]))
+    trainer = _trainer(_bert_cls(), _dicts(cls), tmp_path, learning_rate=0.01,
+                       lr_scheduler_type="constant", logging_strategy="steps", logging_steps=1)
+    trainer.train()
+    trainer.save_model()
+    trainer.save_state()
+    out = tmp_path / "out"
+    expected = horizon_from_trainer_state(out)
+    assert expected is not None and expected.lr_sum == pytest.approx(0.06)  # 6 steps x 0.01
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert horizon_of_model(model) == expected
+    assert horizon_of_model(torch.nn.Linear(2, 2)) is None  # not loaded from a folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        att = Attributor(SequenceClassificationTask(), model, tmp_path / "s",
+                         build=BUILD).fit(cls)
+    assert att.damping_rule["rule"] == "horizon"
+    assert att.damping_rule["lr_sum"] == pytest.approx(expected.lr_sum)
+    assert read_horizon(tmp_path / "s") == expected  # recorded with the store
+    (out / "trainer_state.json").write_text('{"global_step": 6, "log_hi')
+    with pytest.raises(ValueError, match="trainer_state.json"):
+        Attributor(SequenceClassificationTask(), model, tmp_path / "t", build=BUILD).fit(cls)

@@ -38,6 +38,7 @@ from tamis.attribution.horizon import (
     horizon_damping,
     horizon_damping_mode,
     horizon_from_trainer_state,
+    horizon_of_model,
 )
 from tamis.attribution.methods import METHODS, Attributor
 from tamis.attribution.presets import DEFAULT_METHOD, PRESETS, Preset, preset
@@ -73,6 +74,7 @@ __all__ = [
     "horizon_damping",
     "horizon_damping_mode",
     "horizon_from_trainer_state",
+    "horizon_of_model",
     "BuildConfig",
     "Curvature",
     "CurvatureConfig",

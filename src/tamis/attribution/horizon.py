@@ -234,3 +234,21 @@ def horizon_from_trainer_state(folder: str | Path) -> TrainingHorizon | None:
     if not np.isfinite(lrs).all() or lrs.sum() <= 0:
         return None
     return TrainingHorizon(float(lrs.sum()), steps, "Trainer (from trainer_state.json)")
+
+
+def horizon_of_model(model: Any) -> TrainingHorizon | None:
+    """The horizon of a transformers model loaded from a ``Trainer`` folder, if it has one.
+
+    ``from_pretrained(folder)`` records ``folder`` as ``model.name_or_path``; a Trainer's
+    checkpoint folder (``checkpoint-N/``), or an output folder after ``trainer.save_state()``,
+    also holds ``trainer_state.json``, whose logged learning rates give S
+    (:func:`horizon_from_trainer_state`). ``None`` for any other model.
+
+    Raises:
+        ValueError: the folder's ``trainer_state.json`` is unreadable (names it).
+
+    """
+    folder = getattr(model, "name_or_path", None)
+    if not isinstance(folder, (str, Path)) or not str(folder) or not Path(folder).is_dir():
+        return None
+    return horizon_from_trainer_state(folder)

@@ -44,6 +44,7 @@ from tamis.attribution.config import (
 from tamis.attribution.curvature import Curvature, fit_curvature
 from tamis.attribution.horizon import (
     TrainingHorizon,
+    horizon_of_model,
     horizon_rule_applies,
     read_horizon,
     with_horizon_damping,
@@ -99,10 +100,12 @@ class Attributor:
             With ``ekfac``/``kfac`` and no ``curvature`` given, the damping is then the
             horizon rule ``1 / (S * rho)`` (:mod:`tamis.attribution.horizon`) instead of the
             preset's 1 x mean eigenvalue. Default: the ``training_horizon.json`` that
-            :class:`~tamis.attribution.trainer.StoreCallback` leaves in ``path``, if any.
-            Passed here, it is written there. With no horizon at all, a task whose loss
-            averages rho > 1 terms (``task.loss_terms``: a causal LM's labelled tokens) gets
-            the preset's damping / rho, the rule at S = 1.
+            :class:`~tamis.attribution.trainer.StoreCallback` leaves in ``path``, else the
+            ``trainer_state.json`` of the folder a transformers model was loaded from (a
+            ``Trainer`` checkpoint, :func:`~tamis.attribution.horizon.horizon_of_model`),
+            if any. Passed here or found in the model's folder, it is written there. With
+            no horizon at all, a task whose loss averages rho > 1 terms (``task.loss_terms``:
+            a causal LM's labelled tokens) gets the preset's damping / rho, the rule at S = 1.
 
     Attributes:
         damping_rule: How the damping was chosen: ``"preset"``, ``"horizon"`` (with
@@ -187,6 +190,10 @@ class Attributor:
         if self._damping_given:
             return cfg
         horizon = self.horizon or read_horizon(self.path)
+        if horizon is None and horizon_rule_applies(cfg):
+            horizon = horizon_of_model(self.model)  # a model loaded from a Trainer folder
+            if horizon is not None:
+                write_horizon(self.path, horizon)
         if horizon is None and horizon_rule_applies(cfg):
             warnings.warn(NO_HORIZON_WARNING, UserWarning, stacklevel=3)
         self.curvature_config, rule = with_horizon_damping(
