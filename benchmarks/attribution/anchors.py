@@ -365,6 +365,7 @@ def anchor_arguments(methods: list[str] | None = None) -> tuple[argparse.Namespa
     p.add_argument("--options", default="{}")
     args = p.parse_args()
     torch.set_num_threads(1)
+    torch.manual_seed(0)  # Kronfluence's sampled labels (true Fisher) draw from torch's RNG
     args.out.mkdir(parents=True, exist_ok=True)
     return args, json.loads(args.options)
 

@@ -315,7 +315,8 @@ def write(rows: list[dict], args, st: dict, wall: float, previous: dict | None =
                 + (" --tune-also " + " ".join(repr(x) for x in args.tune_also)
                    if args.tune_also else ""))
         meta = (previous or {}).get("meta", {})
-        commands = meta.get("commands", [meta["command"]] if "command" in meta else []) + [cmd]
+        commands = list(dict.fromkeys(  # a repeated command is listed once
+            meta.get("commands", [meta["command"]] if "command" in meta else []) + [cmd]))
     md = (f"# Side by side at defaults, setting {args.setting}\n\n"
           "Command" + ("s (later ones rerun or add the rows they match)" if len(commands) > 1
                        else "") + ": " + "; ".join(f"`{c}`" for c in commands) + ". "

@@ -107,6 +107,16 @@ def test_lds_difference_by_hand_and_paired():
     assert lo_a < hi_b and lo_b < hi_a
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1, 1), st.floats(-1, 1)), min_size=1, max_size=30))
+def test_lds_difference_is_antisymmetric_and_its_ci_holds_the_mean(pairs):
+    a, b = (np.array(x) for x in zip(*pairs))
+    ab, ba = lds_difference(a, b, n_boot=200), lds_difference(b, a, n_boot=200)
+    assert ab["diff"] == pytest.approx(-ba["diff"], abs=1e-12)
+    assert ab["n_queries"] == len(pairs)
+    assert ab["lo"] - 1e-12 <= ab["diff"] <= ab["hi"] + 1e-12
+
+
 def test_lds_difference_accepts_results_and_names_bad_input():
     scores = np.random.default_rng(1).normal(size=(4, 6))
     masks = make_masks(6, 8, seed=2)
