@@ -192,10 +192,10 @@ class Attributor:
         horizon = self.horizon or read_horizon(self.path)
         if horizon is None and horizon_rule_applies(cfg):
             horizon = horizon_of_model(self.model)  # a model loaded from a Trainer folder
-            if horizon is not None:
+            if horizon is None:
+                warnings.warn(NO_HORIZON_WARNING, UserWarning, stacklevel=3)
+            else:
                 write_horizon(self.path, horizon)
-        if horizon is None and horizon_rule_applies(cfg):
-            warnings.warn(NO_HORIZON_WARNING, UserWarning, stacklevel=3)
         self.curvature_config, rule = with_horizon_damping(
             cfg, horizon, self.task, dataset, collate_fn, self.build_config.batch_size)
         if rule is not None:
