@@ -167,14 +167,16 @@ def paired_lines(rows: list[dict], anchor: str = PAIRED_ANCHOR) -> list[str]:
     ref = next((r for r in rows if r["method"] == anchor and r.get("per_query")), None)
     if ref is None:
         return []
-    b = np.array([np.nan if x is None else x for x in ref["per_query"]])
+    def rho(row: dict) -> np.ndarray:  # JSON null = a query without a defined LDS
+        return np.array([np.nan if x is None else x for x in row["per_query"]])
+
+    b = rho(ref)
     out = [f"| method | LDS - {anchor} [95% CI], paired over queries | queries ahead |",
            "|---|---|---|"]
     for r in rows:
         if r is ref or not r.get("per_query") or len(r["per_query"]) != len(b):
             continue
-        a = np.array([np.nan if x is None else x for x in r["per_query"]])
-        d = lds_difference(a, b, n_boot=1000)
+        d = lds_difference(rho(r), b, n_boot=1000)
         out.append(f"| {r['method']} | {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
                    f"{d['wins']:.0%} of {d['n_queries']} |")
     return out

@@ -35,13 +35,13 @@ def _ft_seed(run: dict) -> int:
     return int(run["config"].get("ft_seed", 0))
 
 
-def _t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean, and the t-interval of the mean over runs (NaN ends with fewer than 2 runs)."""
+def _over_runs(values: list[float], level: float = 0.95) -> dict:
+    """Mean, sd between runs and the t-interval of the mean over runs (2 or more runs)."""
     v = np.asarray(values, dtype=np.float64)
-    if v.size < 2:
-        return float(v.mean()), float("nan"), float("nan")
-    half = sstats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+    sd = float(v.std(ddof=1))
+    half = sstats.t.ppf(0.5 + level / 2, v.size - 1) * sd / np.sqrt(v.size)
+    return {"mean_difference": float(v.mean()), "sd_between_runs": sd,
+            "t_interval": [float(v.mean() - half), float(v.mean() + half)]}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -63,22 +63,18 @@ def summarize(runs: list[dict]) -> dict:
         diff = [c[f"gain_{KIND}"]["difference"] for c in cells]
         half = [(c[f"gain_{KIND}"]["diff_hi"] - c[f"gain_{KIND}"]["diff_lo"]) / 2
                 for c in cells]
-        m, lo, hi = _t_interval(diff)
         out["arms"][arm] = {"accuracy": acc, "difference": diff,
-                            "prompt_ci_half_width": half, "mean_difference": m,
-                            "sd_between_runs": float(np.std(diff, ddof=1)),
-                            "t_interval": [lo, hi], "n_train": [c["n_train"] for c in cells],
+                            "prompt_ci_half_width": half, **_over_runs(diff),
+                            "n_train": [c["n_train"] for c in cells],
                             "validity": [c["validity"] for c in cells]}
     tvf = [r.get("top_vs_filtered", {}).get(KIND) for r in runs]
     if all(t and "difference" in t for t in tvf):
         diff = [t["difference"] for t in tvf]
-        m, lo, hi = _t_interval(diff)
         out["top_vs_filtered"] = {
             "difference": diff, "prompt_ci": [[t["diff_lo"], t["diff_hi"]] for t in tvf],
             "two_way_ci": [[t["two_way"]["lo"], t["two_way"]["hi"]] if "two_way" in t else None
                            for t in tvf],
-            "mean_difference": m, "sd_between_runs": float(np.std(diff, ddof=1)),
-            "t_interval": [lo, hi]}
+            **_over_runs(diff)}
     return out
 
 
