@@ -73,7 +73,7 @@ def solve(pred: dict[float, float], gap: float) -> float:
     return xs[-1]
 
 
-def held_out(setting: str, k: int, n: int, lm_epochs: int | None = None) -> TensorDataset:
+def held_out(setting: str, k: int, n: int) -> TensorDataset:
     """``k`` examples of ``setting``'s distribution outside its ``n`` training examples."""
     if setting == "fmnist_mlp":
         from tamis.data import load_fashion_mnist
