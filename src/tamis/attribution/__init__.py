@@ -41,6 +41,7 @@ from tamis.attribution.horizon import (
     horizon_of_model,
 )
 from tamis.attribution.methods import METHODS, Attributor
+from tamis.attribution.optim_horizon import HorizonTracker
 from tamis.attribution.presets import DEFAULT_METHOD, PRESETS, Preset, preset
 from tamis.attribution.scoring import ScoreResult, compute_scores, score_gradients, self_influence
 from tamis.attribution.store import FactorStore
@@ -71,6 +72,7 @@ __all__ = [
     "AttributionTask",
     "Attributor",
     "TrainingHorizon",
+    "HorizonTracker",
     "horizon_damping",
     "horizon_damping_mode",
     "horizon_from_trainer_state",

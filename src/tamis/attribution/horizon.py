@@ -17,7 +17,9 @@ SGD settings measured (one with momentum 0.9), where the relative form is 0.17, 
 
 The horizon comes from the training run: :class:`~tamis.attribution.trainer.StoreCallback`
 records it from the Trainer's optimizer, or the user passes it
-(``Attributor(..., horizon=TrainingHorizon(lr_sum=...))``, ``tamis attribute fit --lr-sum``).
+(``Attributor(..., horizon=TrainingHorizon(lr_sum=...))``, ``tamis attribute fit --lr-sum``);
+a plain PyTorch loop records it with ``HorizonTracker(optimizer)`` or reads it afterwards with
+``TrainingHorizon.from_optimizer(optimizer, scheduler)``.
 It is stored next to the store as ``training_horizon.json``. Without one, the damping is the
 rule at S = 1: the preset's 1x for a classifier, 1 / rho for a language model.
 """
@@ -82,6 +84,18 @@ class TrainingHorizon:
         if not values:
             raise ValueError("no optimizer step: the learning-rate list is empty")
         return cls(lr_sum=sum(values), steps=len(values), optimizer=optimizer)
+
+    @classmethod
+    def from_optimizer(cls, optimizer: Any, scheduler: Any = None,
+                       steps: int | None = None) -> TrainingHorizon:
+        """The horizon of a finished plain PyTorch run, from its optimizer and scheduler.
+
+        See :func:`tamis.attribution.optim_horizon.horizon_from_optimizer`; to record it
+        while training instead, :class:`~tamis.attribution.optim_horizon.HorizonTracker`.
+        """
+        from tamis.attribution.optim_horizon import horizon_from_optimizer
+
+        return horizon_from_optimizer(optimizer, scheduler, steps)
 
 
 def horizon_damping(horizon: TrainingHorizon, loss_terms: float = 1.0) -> float:

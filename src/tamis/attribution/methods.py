@@ -63,7 +63,8 @@ NO_HORIZON_WARNING = (
     "no training horizon: the damping falls back to the preset's (1 x the mean eigenvalue, / "
     "the loss terms per example), which measured up to 0.11 LDS below the horizon rule on a "
     "short fine-tuning run. Pass horizon=TrainingHorizon(lr_sum=<sum of the learning rate over "
-    "the optimizer steps>), or build the store with StoreCallback, which records it "
+    "the optimizer steps>) or TrainingHorizon.from_optimizer(optimizer, scheduler), or build the "
+    "store with StoreCallback, which records it "
     "(docs/attribution.md, 'The best damping follows the training horizon')."
 )
 
