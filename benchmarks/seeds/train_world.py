@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--dropout", type=float, default=0.1, help="caption dropout (CFG)")
     p.add_argument("--noise", type=float, default=0.25, help="share of noisy captions")
+    p.add_argument("--pile-share", type=float, default=0.0,
+                   help="share of count scenes drawn as one touching clump (layout-dependent "
+                        "world; CaptionConfig.pile_share)")
     p.add_argument("--every", type=int, default=200, help="checkpoint interval (steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -116,7 +119,7 @@ def train(args: argparse.Namespace) -> dict:
         step = int(st["step"])
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed at step {step}", flush=True)
-    captions = CaptionConfig(noise=args.noise)
+    captions = CaptionConfig(noise=args.noise, pile_share=args.pile_share)
     log = (out / "loss.tsv").open("a", encoding="utf-8")
     t0, window = time.time(), []
     first = step
@@ -155,6 +158,7 @@ def train(args: argparse.Namespace) -> dict:
             extra = {"training": {"step": step, "batch_size": args.batch_size, "lr": args.lr,
                                   "ema": args.ema, "caption_dropout": args.dropout,
                                   "caption_noise": args.noise, "seed": args.seed,
+                                  "pile_share": args.pile_share,
                                   "schedule": args.schedule, "warmup": args.warmup,
                                   "command": " ".join(sys.argv)}}
             if parent is not None:

@@ -186,3 +186,51 @@ def test_snap_to_palette_restores_noisy_renders() -> None:
     assert snap_to_palette(clean[0]).shape == clean[0].shape
     with pytest.raises(ValueError, match="uint8"):
         snap_to_palette(clean.astype(np.float32))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), count=st.integers(2, 5))
+def test_pile_is_one_touching_clump_the_checker_cannot_count(seed: int, count: int) -> None:
+    from scipy import ndimage
+
+    from tamis.seeds.world.render import MAX_SIZE, MIN_SIZE, PILE_MAX_OVERLAP
+
+    shapes = count_scene(np.random.default_rng(seed), "green", "square", count, "pile")
+    assert len(shapes) == count
+    assert all(0 <= s.x <= SIZE - s.size and 0 <= s.y <= SIZE - s.size for s in shapes)
+    assert all(MIN_SIZE <= s.size <= MAX_SIZE for s in shapes)
+    for i, a in enumerate(shapes):  # no two boxes overlap by more than the allowed pixels
+        for b in shapes[i + 1:]:
+            ox = min(a.x + a.size, b.x + b.size) - max(a.x, b.x)
+            oy = min(a.y + a.size, b.y + b.size) - max(a.y, b.y)
+            assert min(ox, oy) <= PILE_MAX_OVERLAP + 1
+    image = render(shapes, "white")
+    mask = (image != 245).any(-1)
+    assert ndimage.label(mask)[1] == 1  # squares of a pile form one connected region
+    q = Question("count", object_name("green", "square"), count=count)
+    assert ExactChecker().judge_one(image, q).correct is False
+
+
+def test_pile_share_changes_only_the_cluttered_variant() -> None:
+    a = pretraining_batch(np.random.default_rng([0, 9]), 16)
+    b = pretraining_batch(np.random.default_rng([0, 9]), 16, CaptionConfig(pile_share=0.0))
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    c = pretraining_batch(np.random.default_rng([0, 9]), 16, CaptionConfig(pile_share=1.0))
+    assert not np.array_equal(a[0], c[0])
+    with pytest.raises(ValueError, match="pile_share"):
+        CaptionConfig(pile_share=-0.1)
+    with pytest.raises(ValueError, match="pile"):
+        count_scene(np.random.default_rng(0), "red", "circle", 3, "heap")
+
+
+def test_clumped_tells_piles_from_spread_scenes() -> None:
+    from tamis.seeds.world.checker import clumped
+
+    rng = np.random.default_rng(4)
+    piles = [render(count_scene(rng, "blue", "square", n, "pile")) for n in (2, 3, 4, 5)]
+    spread = [render(count_scene(rng, "blue", "square", n)) for n in (2, 3, 4, 5)]
+    assert all(clumped(im, "blue") for im in piles)
+    assert not any(clumped(im, "blue") for im in spread)
+    assert not clumped(piles[0], "red")  # another colour's blobs are not looked at
+    with pytest.raises(ValueError, match="colour"):
+        clumped(piles[0], "teal")

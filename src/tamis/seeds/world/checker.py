@@ -124,6 +124,24 @@ def blobs(image: np.ndarray, min_area: int = 8, max_distance: float = 90.0) -> l
     return out
 
 
+def clumped(image: np.ndarray, colour: str, max_side: int = 10) -> bool:
+    """Whether an image holds a clump of ``colour``: a blob wider or taller than one object.
+
+    One object of the world is at most 9 px on a side, so a connected region of one colour
+    whose bounding box exceeds ``max_side`` pixels is two or more objects that touch (a "pile",
+    ``count_scene(mode="pile")``), which no component counter can count. The layout
+    diagnostic of the layout-dependent world.
+
+    Raises:
+        ValueError: an unknown colour or a malformed image.
+
+    """
+    if colour not in _NAMES:
+        raise ValueError(f"unknown colour {colour!r}; expected one of {list(_NAMES)}")
+    return any(max(b.bbox[2] - b.bbox[0], b.bbox[3] - b.bbox[1]) > max_side
+               for b in blobs(image) if b.colour == colour)
+
+
 def relation_between(a: tuple[float, float], b: tuple[float, float], margin: float) -> str | None:
     """The relation of centroid ``a`` to ``b`` along the dominant axis, or None if too close."""
     dx, dy = a[0] - b[0], a[1] - b[1]

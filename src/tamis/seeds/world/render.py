@@ -154,13 +154,60 @@ LAYOUT_MODES: dict[str, tuple[tuple[float, float, float, float], float]] = {
 }
 
 
+PILE_MAX_OVERLAP = 3  # pixels two neighbours of a pile may overlap along the joining axis
+
+
+def pile_boxes(rng: np.random.Generator, n: int, tries: int = 200
+               ) -> list[tuple[int, int, int]] | None:
+    """Place ``n`` boxes as one touching clump (a "pile", as in cluttered photographs).
+
+    Each box after the first is put against a box already placed, on a random side, touching
+    or overlapping it by up to :data:`PILE_MAX_OVERLAP` pixels, and may overlap no box by more
+    than ``PILE_MAX_OVERLAP + 1`` pixels along its narrower axis. Same-coloured objects of a
+    pile form one connected region, so no checker that separates objects by connected
+    components can count them: the layout itself, not the drawing, makes such an image wrong.
+
+    Returns:
+        ``[(x, y, size), ...]`` or ``None`` when the clump does not fit on the canvas.
+
+    """
+    sizes = [int(s) for s in rng.integers(MIN_SIZE, MAX_SIZE + 1, size=n)]
+    s0 = sizes[0]
+    cx, cy = rng.uniform(0.3, 0.7, size=2) * SIZE
+    boxes = [(int(round(cx - s0 / 2)), int(round(cy - s0 / 2)), s0)]
+    for s in sizes[1:]:
+        for _ in range(tries):
+            bx, by, bs = boxes[int(rng.integers(len(boxes)))]
+            lap = int(rng.integers(0, PILE_MAX_OVERLAP + 1))
+            side = int(rng.integers(4))
+            slide = int(rng.integers(-(s // 2), bs - s // 2 + 1))
+            if side == 0:
+                x, y = bx - s + lap, by + slide
+            elif side == 1:
+                x, y = bx + bs - lap, by + slide
+            elif side == 2:
+                x, y = bx + slide, by - s + lap
+            else:
+                x, y = bx + slide, by + bs - lap
+            if x < 0 or y < 0 or x + s > SIZE or y + s > SIZE:
+                continue
+            if all(not _overlaps((x, y, s), b, gap=-PILE_MAX_OVERLAP - 1) for b in boxes):
+                boxes.append((x, y, s))
+                break
+        else:
+            return None
+    return boxes
+
+
 def count_scene(
     rng: np.random.Generator, colour: str, kind: str, count: int, mode: str | None = None
 ) -> list[Shape]:
     """Draw a scene of exactly ``count`` objects of one colour and kind.
 
     The layout mode is drawn from :data:`LAYOUT_MODES` unless given; when the objects do not fit
-    in the mode's region the region widens to the whole canvas.
+    in the mode's region the region widens to the whole canvas. ``mode="pile"`` draws one
+    touching clump (:func:`pile_boxes`) instead, for the cluttered-web pretraining variant
+    (``CaptionConfig(pile_share=...)``); shapes of a pile may overlap.
 
     Raises:
         ValueError: a count outside 1..5 or an unknown mode.
@@ -168,12 +215,20 @@ def count_scene(
     """
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"count must be in 1..{MAX_COUNT}, got {count}")
+    if mode == "pile":
+        for _ in range(20):
+            piled = pile_boxes(rng, count)
+            if piled is not None:
+                return [Shape(colour, kind, x, y, s) for x, y, s in piled]
+        mode = "anywhere"  # pragma: no cover - a clump of 5 at most always fits
     if mode is None:
         names = list(LAYOUT_MODES)
         p = np.array([LAYOUT_MODES[m][1] for m in names])
         mode = names[int(rng.choice(len(names), p=p / p.sum()))]
     if mode not in LAYOUT_MODES:
-        raise ValueError(f"unknown layout mode {mode!r}; expected one of {list(LAYOUT_MODES)}")
+        raise ValueError(
+            f"unknown layout mode {mode!r}; expected one of {list(LAYOUT_MODES) + ['pile']}"
+        )
     boxes = None
     for region in (LAYOUT_MODES[mode][0], LAYOUT_MODES["anywhere"][0], (0.0, 0.0, 1.0, 1.0)):
         for _ in range(3):
