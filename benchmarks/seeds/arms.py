@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ft-mode", choices=("qk", "lora", "full"), default="qk",
                    help="trainable parameters (the paper: qk)")
     p.add_argument("--ft-batch", type=int, default=16)
+    p.add_argument("--ft-timesteps", type=int, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="train only timesteps LOW <= t < HIGH (FinetuneConfig.timesteps)")
     p.add_argument("--ft-seed", type=int, default=0,
                    help="fine-tuning seed (batch order, timesteps, noise): vary it to measure "
                         "training noise")
@@ -207,6 +209,7 @@ def _finetuned(base: ShapesWorldGenerator, images, captions, args, out: Path
     cfg = FinetuneConfig(mode=args.ft_mode, blocks=args.ft_blocks, steps=args.ft_steps,
                          lr=args.ft_lr, batch_size=args.ft_batch if not args.smoke else 4,
                          hflip="off", seed=args.ft_seed, ema=args.ft_ema > 0,
+                         timesteps=tuple(args.ft_timesteps) if args.ft_timesteps else None,
                          ema_decay=args.ft_ema if args.ft_ema > 0 else 0.999,
                          checkpoint_every=max(1, args.ft_steps // 4), progress=False)
     enc = base.text_encoder

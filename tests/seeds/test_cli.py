@@ -200,10 +200,12 @@ def test_world_mine_curate_finetune_evaluate(tmp_path):
     r = runner.invoke(
         app,
         ["finetune", "--data", str(cur), "--out", str(ft), "--world", str(DEFAULT_DIR),
-         "--blocks", "d2mu0", "--steps", "2", "--batch-size", "4", "--lr", "1e-4"],
+         "--blocks", "d2mu0", "--steps", "2", "--batch-size", "4", "--lr", "1e-4",
+         "--timesteps", "500:1000"],
     )
     assert r.exit_code == 0, r.output
     saved = json.loads((ft / "world" / "world_model.json").read_text())
+    assert saved["finetune"]["timesteps"] == [500, 1000]
     assert saved["sampling"] == {"steps": default["steps"], "guidance": default["guidance"]}
     assert saved["finetune"]["mode"] == "qk"
     ev = tmp_path / "ev"
@@ -217,3 +219,6 @@ def test_world_mine_curate_finetune_evaluate(tmp_path):
     assert report["kinds"]["numerical"]["n"] == 12 and report["kinds"]["numerical"]["failures"] == 0
     r = runner.invoke(app, ["mine", "--world", str(tmp_path), "--judge", "checker"])
     assert r.exit_code != 0 and "not a shapes-world model folder" in r.output
+    r = runner.invoke(app, ["finetune", "--data", str(cur), "--out", str(tmp_path / "ft2"),
+                            "--world", str(DEFAULT_DIR), "--timesteps", "500-1000"])
+    assert r.exit_code != 0 and "LOW:HIGH" in r.output

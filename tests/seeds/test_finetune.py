@@ -109,3 +109,29 @@ def test_full_and_ema_modes(tiny_generator):
     assert any("conv_in" in n for n in changed)  # not only attention
     with pytest.raises(ValueError, match="3 captions"):
         finetune(unet, _encoder(pipe), pipe.scheduler, images, captions[:3], cfg, vae=pipe.vae)
+
+
+def test_timestep_range_is_the_only_range_drawn(tiny_generator):
+    pipe = tiny_generator.pipeline
+    images, captions = _data()
+    seen = []
+
+    class Recording(type(pipe.scheduler)):
+        def add_noise(self, x0, noise, t):
+            seen.extend(int(v) for v in t)
+            return super().add_noise(x0, noise, t)
+
+    sched = Recording.from_config(pipe.scheduler.config)
+    cfg = FinetuneConfig(steps=6, batch_size=4, timesteps=(700, 1000), progress=False)
+    finetune(copy.deepcopy(pipe.unet), _encoder(pipe), sched, images, captions, cfg, vae=pipe.vae)
+    assert len(seen) == 24 and min(seen) >= 700 and max(seen) < 1000
+    seen.clear()
+    cfg = FinetuneConfig(steps=6, batch_size=4, progress=False)
+    finetune(copy.deepcopy(pipe.unet), _encoder(pipe), sched, images, captions, cfg, vae=pipe.vae)
+    assert min(seen) < 700  # the default draws every timestep
+    for bad in ((500, 500), (-1, 10)):
+        with pytest.raises(ValueError, match="timesteps"):
+            FinetuneConfig(timesteps=bad)
+    with pytest.raises(ValueError, match="exceed"):
+        finetune(copy.deepcopy(pipe.unet), _encoder(pipe), sched, images, captions,
+                 FinetuneConfig(steps=1, timesteps=(0, 5000), progress=False), vae=pipe.vae)

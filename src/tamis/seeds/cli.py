@@ -297,6 +297,19 @@ def curate(
     console.print(f"{len(meta)} images kept of {len(prompts)} -> {out}/metadata.jsonl")
 
 
+def _timestep_range(spec: str | None) -> tuple[int, int] | None:
+    """``"500:1000"`` -> ``(500, 1000)``; None -> None (every timestep)."""
+    if spec is None:
+        return None
+    low, sep, high = spec.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise typer.BadParameter(f"--timesteps wants LOW:HIGH, got {spec!r}") from None
+
+
 @app.command()
 def finetune(
     data: Annotated[Path, typer.Option(help="Image folder with metadata.jsonl.")],
@@ -316,6 +329,10 @@ def finetune(
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
     device: Annotated[str, typer.Option(help="Model device.")] = "cpu",
+    timesteps: Annotated[
+        str | None,
+        typer.Option(help="Train only timesteps LOW:HIGH (e.g. 500:1000); default all."),
+    ] = None,
 ) -> None:
     """Fine-tune on a curated folder (q/k projections by default); resumable in --out."""
     from tamis.seeds.finetune import FinetuneConfig
@@ -332,6 +349,7 @@ def finetune(
         ema=ema,
         seed=seed,
         checkpoint_every=checkpoint_every,
+        timesteps=_timestep_range(timesteps),
     )
     gen = _generator(pipeline, world, device, "float32", None, None)
     if pipeline is not None:
