@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=[], help="name=model_or_arm_folder, ...")
     p.add_argument("--sets", nargs="+", default=[], help="name=image_folder, ...")
+    p.add_argument("--pools", nargs="+", default=[],
+                   help="name=random_pool.npz (arms.py): its judge-accepted images, i.e. the "
+                        "judge-filtered set")
     p.add_argument("--tag", required=True, help="suffix of the results files")
     p.add_argument("--eval-seeds", type=int, default=8)
     p.add_argument("--eval-prompts", type=int, default=48)
@@ -106,6 +109,17 @@ def set_clump_rate(folder: Path) -> dict:
     return {"clumped": float(np.mean(flags)) if flags else None, "n": len(flags)}
 
 
+def pool_clump_rate(path: Path) -> dict:
+    """Clump share of the judge-accepted images of an ``arms.py`` random pool (the filtered set)."""
+    z = np.load(path, allow_pickle=False)
+    flags = []
+    for im, cap, ok in zip(z["images"], z["captions"], z["correct"], strict=True):
+        cc = _colour_and_count(str(cap))
+        if ok and cc is not None:
+            flags.append(clumped(im, cc[0]))
+    return {"clumped": float(np.mean(flags)) if flags else None, "n": len(flags)}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Measure every model and set; write the results files."""
     torch.set_num_threads(args.threads)
@@ -122,6 +136,8 @@ def run(args: argparse.Namespace) -> dict:
         out["models"][name] = model_clump_rate(gen, prompts, seeds) | {"model": str(folder)}
     for name, folder in _named(args.sets).items():
         out["sets"][name] = set_clump_rate(folder) | {"folder": str(folder)}
+    for name, path in _named(args.pools).items():
+        out["sets"][name] = pool_clump_rate(path) | {"folder": str(path)}
     out["wall_s"] = time.time() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"seeds_clump_rate_{args.tag}"
